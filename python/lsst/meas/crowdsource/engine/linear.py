@@ -1,0 +1,247 @@
+"""The simultaneous linear fit of all sources.
+
+The design matrix has one column per source for its flux and, while
+positions are still being refined, two more for the derivatives of its PSF
+with respect to x and y.  Rows are pixels, weighted by the square root of
+the inverse variance; pixels with zero weight are left out.  Rather than
+running LSQR on this tall matrix (as crowdsource does), we form the normal
+equations ``H = A^T A``: each source couples only to the neighbours its
+stamp overlaps, so ``H`` is small and very sparse, and a conjugate-gradient
+solve preconditioned with the inverse of each source's own 3x3 block
+converges in a few tens of iterations, warm-started from the previous pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator, cg
+
+from .scene import StampGroup
+
+__all__ = ["LinearFit", "solve_scene", "local_inverse_diagonal"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class LinearFit:
+    """Solution of the simultaneous fit.
+
+    ``flux``, ``gx``, ``gy`` are per source (``gx = flux * shift_x`` to first
+    order); ``sky_terms`` the constant and gradient terms when fit;
+    ``flux_err`` the flux uncertainty including the covariance with the
+    direct neighbours; ``block_inv`` the inverse of each source's own
+    parameter block (for position errors).
+    """
+
+    flux: np.ndarray
+    gx: np.ndarray | None
+    gy: np.ndarray | None
+    sky_terms: np.ndarray | None
+    flux_err: np.ndarray
+    block_inv: np.ndarray
+    cg_iterations: int
+    converged: bool
+
+
+def _design(groups: list[StampGroup], n_src: int, sqrt_w: np.ndarray, derivatives: bool,
+            sky_basis: np.ndarray | None):
+    ncomp = 3 if derivatives else 1
+    blocks = []
+    col_of_src = np.zeros(n_src, dtype=np.int64)
+    col = 0
+    npix = sqrt_w.size
+    for g in groups:
+        n, s = len(g.index), g.size
+        pix = g.pix.reshape(n, s * s)
+        sw = np.where(pix >= 0, sqrt_w[np.maximum(pix, 0)], 0.0)
+        use = sw > 0
+        comps = [g.psf] + ([g.dpsf_dx, g.dpsf_dy] if derivatives else [])
+        vals = np.stack([c.reshape(n, s * s) * sw for c in comps], axis=1)
+        mask = np.broadcast_to(use[:, None, :], vals.shape)
+        data = vals[mask]
+        indices = np.broadcast_to(pix[:, None, :], vals.shape)[mask]
+        counts = np.repeat(use.sum(axis=1), ncomp)
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        blocks.append(sp.csc_matrix((data, indices.astype(np.int32), indptr),
+                                    shape=(npix, n * ncomp)))
+        col_of_src[g.index] = col + ncomp * np.arange(n)
+        col += n * ncomp
+    if sky_basis is not None:
+        blocks.append(sp.csc_matrix(sky_basis * sqrt_w[:, None]))
+    if not blocks:
+        return sp.csc_matrix((npix, 0)), col_of_src, col
+    return sp.hstack(blocks, format="csc"), col_of_src, col
+
+
+def _block_inverse(H: sp.csr_matrix, starts: np.ndarray, ncomp: int) -> np.ndarray:
+    """Inverse of the diagonal ``ncomp`` x ``ncomp`` block of each source."""
+    n = len(starts)
+    blocks = np.empty((n, ncomp, ncomp))
+    for a in range(ncomp):
+        for b in range(ncomp):
+            blocks[:, a, b] = np.asarray(H[starts + a, starts + b]).ravel()
+    # Guard against singular blocks (no usable pixels).
+    diag = np.einsum("naa->na", blocks)
+    bad = ~(diag > 0).all(axis=1)
+    blocks[bad] = np.eye(ncomp)
+    inv = np.linalg.inv(blocks)
+    inv[bad] = np.nan
+    return inv
+
+
+def local_inverse_diagonal(H: sp.csr_matrix, idx: np.ndarray, n_neighbours: int = 8) -> np.ndarray:
+    """Approximate ``diag(H^-1)`` at rows ``idx`` from local sub-matrices.
+
+    For each row, the sub-matrix of ``H`` on the row and its
+    ``n_neighbours`` most strongly coupled rows is inverted exactly.  This
+    captures the covariance with direct neighbours (what matters in a
+    crowded field) and ignores couplings at second remove.
+    """
+    H = H.tocsr()
+    n = H.shape[0]
+    d = H.diagonal()
+    sub = H[idx][:, idx].tocsr()
+    m = len(idx)
+    if m == 0:
+        return np.zeros(0)
+    rows = np.repeat(np.arange(m), np.diff(sub.indptr))
+    cols = sub.indices
+    dd = d[idx]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        strength = np.abs(sub.data) / np.sqrt(dd[rows] * dd[cols])
+    strength[(rows == cols) | ~np.isfinite(strength)] = -1.0
+    order = np.lexsort((-strength, rows))
+    rows_o, cols_o, str_o = rows[order], cols[order], strength[order]
+    rank = np.arange(len(order)) - sub.indptr[rows_o]
+    k = n_neighbours
+    nb = np.full((m, k), -1, dtype=np.int64)
+    take = (rank < k) & (str_o > 0)
+    nb[rows_o[take], rank[take]] = cols_o[take]
+    members = np.concatenate([np.arange(m)[:, None], nb], axis=1)
+    present = members >= 0
+    safe = np.where(present, members, 0)
+    kk = k + 1
+    ra = np.repeat(safe, kk, axis=1).ravel()
+    cb = np.tile(safe, (1, kk)).ravel()
+    vals = np.asarray(sub[ra, cb]).reshape(m, kk, kk)
+    both = present[:, :, None] & present[:, None, :]
+    vals = np.where(both, vals, 0.0)
+    eye = np.broadcast_to(np.eye(kk), vals.shape)
+    vals = np.where(present[:, :, None] | present[:, None, :], vals, eye)
+    good = dd > 0
+    vals[~good] = np.eye(kk)
+    e0 = np.zeros((m, kk))
+    e0[:, 0] = 1.0
+    try:
+        sol = np.linalg.solve(vals, e0[..., None])[..., 0]
+        var = sol[:, 0]
+    except np.linalg.LinAlgError:
+        var = np.full(m, np.nan)
+        for i in range(m):
+            try:
+                var[i] = np.linalg.solve(vals[i], e0[i])[0]
+            except np.linalg.LinAlgError:
+                pass
+    var = np.where(good & (var > 0), var, np.nan)
+    del n
+    return var
+
+
+def solve_scene(groups: list[StampGroup], n_src: int, data: np.ndarray, weight: np.ndarray,
+                derivatives: bool, flux0: np.ndarray, gx0: np.ndarray | None = None,
+                gy0: np.ndarray | None = None, sky_basis: np.ndarray | None = None,
+                rtol: float = 1e-6, maxiter: int = 500, ridge: float = 1e-4,
+                n_neighbours: int = 8) -> LinearFit:
+    """Fit all sources (and optional sky terms) simultaneously.
+
+    Parameters
+    ----------
+    groups : `list` [`StampGroup`]
+        Rendered stamps (with derivatives when ``derivatives``).
+    n_src : `int`
+        Number of sources.
+    data : `numpy.ndarray`
+        Image minus the sky that is not being fit.
+    weight : `numpy.ndarray`
+        Inverse variance (0 = unusable pixel).
+    derivatives : `bool`
+        Fit position-derivative terms as well as fluxes.
+    flux0, gx0, gy0 : `numpy.ndarray`
+        Warm start.
+    sky_basis : `numpy.ndarray`, shape (npix, K), optional
+        Sky terms fit simultaneously (e.g. constant, x, y).
+    """
+    ncomp = 3 if derivatives else 1
+    sqrt_w = np.sqrt(np.maximum(weight, 0.0)).ravel()
+    A, col_of_src, nsrc_cols = _design(groups, n_src, sqrt_w, derivatives, sky_basis)
+    ntot = A.shape[1]
+    nsky = 0 if sky_basis is None else sky_basis.shape[1]
+    empty = np.zeros(n_src)
+    if ntot == 0:
+        return LinearFit(empty, empty.copy() if derivatives else None,
+                         empty.copy() if derivatives else None, None, empty.copy(),
+                         np.zeros((0, ncomp, ncomp)), 0, True)
+    b = A.T @ (sqrt_w * data.ravel())
+    H = (A.T @ A).tocsr()
+    del A
+    diag = H.diagonal()
+    if derivatives and ridge > 0 and n_src:
+        dcols = np.concatenate([col_of_src + 1, col_of_src + 2])
+        bump = np.zeros(ntot)
+        bump[dcols] = ridge * np.maximum(diag[dcols], 1e-300)
+        H = (H + sp.diags(bump)).tocsr()
+    # Unconstrained columns (source entirely on zero-weight pixels) get a
+    # unit diagonal so that the system stays positive definite.
+    dead = ~(H.diagonal() > 0)
+    if dead.any():
+        fix = np.zeros(ntot)
+        fix[dead] = 1.0
+        H = (H + sp.diags(fix)).tocsr()
+        b[dead] = 0.0
+
+    block_inv = _block_inverse(H, col_of_src, ncomp) if n_src else np.zeros((0, ncomp, ncomp))
+    sky_inv = None
+    if nsky:
+        sidx = np.arange(nsrc_cols, ntot)
+        sky_inv = np.linalg.inv(H[sidx][:, sidx].toarray())
+
+    def precondition(v):
+        out = np.empty_like(v)
+        if n_src:
+            vv = v[col_of_src[:, None] + np.arange(ncomp)[None, :]]
+            res = np.einsum("nab,nb->na", np.nan_to_num(block_inv), vv)
+            out[col_of_src[:, None] + np.arange(ncomp)[None, :]] = res
+        if nsky:
+            out[nsrc_cols:] = sky_inv @ v[nsrc_cols:]
+        return out
+
+    x0 = np.zeros(ntot)
+    x0[col_of_src] = flux0
+    if derivatives:
+        if gx0 is not None:
+            x0[col_of_src + 1] = gx0
+            x0[col_of_src + 2] = gy0
+    iterations = [0]
+
+    def count(_):
+        iterations[0] += 1
+
+    M = LinearOperator(H.shape, matvec=precondition, dtype=float)
+    sol, info = cg(H, b, x0=x0, rtol=rtol, maxiter=maxiter, M=M, callback=count)
+    if info != 0:
+        _log.warning("Conjugate gradient did not reach rtol=%g in %d iterations.", rtol, maxiter)
+    sol[dead] = np.nan
+    flux = sol[col_of_src]
+    gx = sol[col_of_src + 1] if derivatives else None
+    gy = sol[col_of_src + 2] if derivatives else None
+    sky_terms = sol[nsrc_cols:] if nsky else None
+    if n_src:
+        var = local_inverse_diagonal(H, col_of_src, n_neighbours)
+    else:
+        var = np.zeros(0)
+    return LinearFit(flux, gx, gy, sky_terms, np.sqrt(var), block_inv, iterations[0], info == 0)

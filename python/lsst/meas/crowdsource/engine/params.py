@@ -1,0 +1,176 @@
+"""Tunable parameters of the crowded-field fit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+__all__ = ["FitParams"]
+
+
+@dataclass
+class FitParams:
+    """Every knob of the fit, with defaults that suit well-sampled images.
+
+    Each field's description lives in its metadata (`docs`); the task layer
+    turns every field into a documented pex_config field from there, so a
+    new parameter needs to be added in this one place only.
+    """
+
+    # --- main loop
+    n_iter: int = field(
+        default=4,
+        metadata={"doc": 'Number of find/fit/centroid/PSF passes before the final forced pass.'})
+    n_coarse_sky: int = field(
+        default=1,
+        metadata={"doc": 'Passes that subtract a single median sky before boxed skies are '
+                         'used (the seed used 2; with a sky gradient the second global pass '
+                         'adds false faint peaks: 33 vs 11 on a 256x256 test field).'})
+    sky_box: int = field(
+        default=20,
+        metadata={"doc": 'Size (pixels) of the boxes in which the sky median is taken.'})
+    sky_smooth: int = field(
+        default=3,
+        metadata={"doc": 'Median filter width (in boxes) applied to the grid of box medians.'})
+    fit_sky_terms: bool = field(
+        default=False,
+        metadata={"doc": 'Also fit a constant and linear sky gradient simultaneously with the stars.'})
+
+    # --- peaks
+    threshold: float = field(
+        default=5.0,
+        metadata={"doc": 'PSF-convolved significance needed to add a source (sigma).'})
+    bright_factor: float = field(
+        default=0.3,
+        metadata={"doc": 'A pixel with S/N above ``threshold / bright_factor`` is a bright peak.'})
+    local_background_factor: float = field(
+        default=0.5,
+        metadata={"doc": 'A peak must also reach ``threshold * local_background_factor`` in the significance image computed with a local-background (compensated) filter.'})
+    model_significance_factor: float = field(
+        default=0.2,
+        metadata={"doc": "Residual significance must exceed this times the model's significance."})
+    model_flux_factor: float = field(
+        default=0.1,
+        metadata={"doc": 'Residual peak pixel must exceed this times the model at that pixel.'})
+    model_pixel_factor: float = field(
+        default=0.0,
+        metadata={"doc": "Residual pixel S/N must exceed this times the model's PSF-convolved S/N there. The seed used 0.4; with a fitted PSF this rejects most faint stars within a few FWHM of a bright one (measured on a 0.02 stars/px field: completeness at S/N 10-30 fell from 0.78 to 0.62), so it is off by default."})
+    min_separation: float = field(
+        default=1.5,
+        metadata={"doc": 'No new source within this many pixels of an existing one.'})
+    first_pass_separation: float = field(
+        default=0.0,
+        metadata={"doc": 'Minimum separation of peaks in the first pass (0 means the PSF FWHM): early passes do not split blends.'})
+
+    # --- fit
+    stamp_sizes: tuple[int, ...] = field(
+        default=(0, 0, 59),
+        metadata={"doc": 'Stamp sizes (odd) from faint to bright; 0 means derived from the FWHM (small: ~2x FWHM radius, core: ~3x FWHM radius).'})
+    stamp_noise_fraction: float = field(
+        default=0.3,
+        metadata={"doc": 'A source gets the smallest stamp whose edge PSF value times its flux is below this fraction of the pixel noise.'})
+    cg_rtol: float = field(
+        default=1e-6,
+        metadata={"doc": 'Relative tolerance of the conjugate-gradient solve.'})
+    cg_maxiter: int = field(
+        default=500,
+        metadata={"doc": 'Maximum conjugate-gradient iterations per solve.'})
+    derivative_ridge: float = field(
+        default=1e-4,
+        metadata={"doc": 'Ridge (fraction of the diagonal) on position-derivative columns.'})
+    cull_snr: float = field(
+        default=2.5,
+        metadata={"doc": 'Drop sources whose fitted flux S/N falls below this between passes.'})
+    merge_radius: float = field(
+        default=0.5,
+        metadata={"doc": 'Sources that converge closer than this are merged.'})
+
+    # --- centroids
+    max_shift: float = field(
+        default=1.0,
+        metadata={"doc": 'Largest position step per pass (pixels).'})
+    centroid_min_snr: float = field(
+        default=3.0,
+        metadata={"doc": 'Sources fainter than this keep their position (no centroid step).'})
+
+    # --- PSF
+    refit_psf: bool = field(
+        default=True,
+        metadata={"doc": 'Re-estimate the PSF from the image in every pass after the first.'})
+    psf_order: int = field(
+        default=2,
+        metadata={"doc": "Polynomial order of the PSF's variation across the image."})
+    psf_core_size: int = field(
+        default=0,
+        metadata={"doc": 'Size of the PSF core estimated from stars (0: from the FWHM, at least 19).'})
+    psf_min_snr: float = field(
+        default=30.0,
+        metadata={"doc": 'Minimum S/N of stars used to estimate the PSF.'})
+    psf_max_stars: int = field(
+        default=2000,
+        metadata={"doc": 'Use at most this many (the brightest) PSF stars.'})
+    psf_min_stars: int = field(
+        default=5,
+        metadata={"doc": 'Keep the previous PSF when fewer good stars are available.'})
+    psf_max_shift: float = field(
+        default=0.5,
+        metadata={"doc": 'Stars whose centroid moved more than this in the last pass are not used.'})
+    psf_min_fracflux: float = field(
+        default=0.5,
+        metadata={"doc": 'PSF stars must contribute at least this fraction of the light in their stamp.'})
+    psf_max_median_loss: float = field(
+        default=0.8,
+        metadata={"doc": 'Reject PSF stars whose flux drops by more than this when a local median is subtracted (a diffuse, not a point, source).'})
+    initial_fwhm: float = field(
+        default=0.0,
+        metadata={"doc": 'FWHM (pixels) of the Moffat used when no PSF is given; 0 estimates it.'})
+
+    # --- tiling
+    tile_size: int = field(
+        default=1024,
+        metadata={"doc": 'Core size of the tiles that are fit independently (pixels).'})
+    tile_overlap: int = field(
+        default=48,
+        metadata={"doc": 'Margin fit around each tile core, so that sources near the seams see all their neighbours (pixels).'})
+    n_processes: int = field(
+        default=1,
+        metadata={"doc": 'Tiles fit in parallel processes (1 = serial).'})
+
+    def validate(self) -> None:
+        """Raise `ValueError` for parameters that cannot work."""
+        from .errors import InputError
+
+        problems = []
+        if self.n_iter < 1:
+            problems.append("n_iter must be >= 1")
+        if self.threshold <= 0:
+            problems.append("threshold must be positive")
+        if not 0 < self.bright_factor <= 1:
+            problems.append("bright_factor must be in (0, 1]")
+        if self.sky_box < 3:
+            problems.append("sky_box must be at least 3 pixels")
+        for s in self.stamp_sizes:
+            if s != 0 and (s < 3 or s % 2 == 0):
+                problems.append(f"stamp size {s} must be 0 or an odd number >= 3")
+        if len(self.stamp_sizes) == 0:
+            problems.append("stamp_sizes must not be empty")
+        if self.psf_order < 0 or self.psf_order > 4:
+            problems.append("psf_order must be in 0..4")
+        if self.psf_core_size and (self.psf_core_size % 2 == 0 or self.psf_core_size < 5):
+            problems.append("psf_core_size must be 0 or an odd number >= 5")
+        if self.tile_size < 64:
+            problems.append("tile_size must be at least 64")
+        if self.tile_overlap < 0:
+            problems.append("tile_overlap must be >= 0")
+        if self.n_processes < 1:
+            problems.append("n_processes must be >= 1")
+        if self.max_shift <= 0:
+            problems.append("max_shift must be positive")
+        if self.min_separation < 0 or self.merge_radius < 0:
+            problems.append("min_separation and merge_radius must be >= 0")
+        if problems:
+            raise InputError("Invalid fit parameters: " + "; ".join(problems) + ".")
+
+    @classmethod
+    def docs(cls) -> dict[str, str]:
+        """Description of every parameter, by name."""
+        return {f.name: f.metadata["doc"] for f in fields(cls)}

@@ -1,0 +1,174 @@
+"""Finding new sources in the residual image.
+
+Peaks are local maxima of the PSF-convolved significance of the residual
+(image - sky - model of the known sources).  The rules follow crowdsource's
+(see the seed README): bright peaks come from single-pixel S/N and are
+refused at the edge of a mask; faint peaks come from the matched filter;
+both must stand out against the residuals of the sources already modelled;
+no new peak lands next to a known source; the first pass does not split
+blends; saturated cores get one source each in the first pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage, signal
+from scipy.spatial import cKDTree
+
+from .params import FitParams
+
+__all__ = ["MatchedFilter", "Peaks", "find_peaks", "saturated_sources"]
+
+
+def _correlate(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    return signal.oaconvolve(image, kernel[::-1, ::-1], mode="same")
+
+
+@dataclass
+class MatchedFilter:
+    """PSF-matched filtering of a weighted image.
+
+    ``significance`` is the S/N of the PSF flux of a point source centred
+    on each pixel, ``flux`` that flux; ``coverage`` the PSF^2-weighted
+    fraction of the filter that sees good pixels.
+    """
+
+    significance: np.ndarray
+    flux: np.ndarray
+    coverage: np.ndarray
+
+    @classmethod
+    def compute(cls, data: np.ndarray, weight: np.ndarray, kernel: np.ndarray,
+                denominator: np.ndarray | None = None) -> "MatchedFilter":
+        k2 = kernel * kernel
+        if denominator is None:
+            denominator = _correlate(weight, k2)
+        den = np.maximum(denominator, 1e-300)
+        num = _correlate(data * weight, kernel)
+        good = (weight > 0).astype(float)
+        coverage = _correlate(good, k2) / k2.sum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sig = np.where(denominator > 0, num / np.sqrt(den), 0.0)
+            flux = np.where(denominator > 0, num / den, 0.0)
+        return cls(sig, flux, coverage)
+
+
+@dataclass
+class Peaks:
+    """New source candidates, in pixel coordinates of the fitted array."""
+
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+    significance: np.ndarray
+
+    @classmethod
+    def empty(cls) -> "Peaks":
+        z = np.zeros(0)
+        return cls(z, z.copy(), z.copy(), z.copy())
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def saturated_sources(saturated: np.ndarray, flux_image: np.ndarray,
+                      min_pixels: int = 1) -> Peaks:
+    """One source at the centre of each connected saturated region.
+
+    The flux guess is the matched-filter flux from the unsaturated wings
+    (saturated pixels carry zero weight in ``flux_image``).
+    """
+    labels, n = ndimage.label(saturated)
+    if n == 0:
+        return Peaks.empty()
+    index = np.arange(1, n + 1)
+    sizes = ndimage.sum_labels(saturated, labels, index)
+    com = np.array(ndimage.center_of_mass(saturated, labels, index)).reshape(-1, 2)
+    keep = sizes >= min_pixels
+    yc, xc = com[keep, 0], com[keep, 1]
+    iy = np.clip(np.round(yc).astype(int), 0, saturated.shape[0] - 1)
+    ix = np.clip(np.round(xc).astype(int), 0, saturated.shape[1] - 1)
+    flux = np.maximum(flux_image[iy, ix], 0.0)
+    # Saturated stars are at least as bright as what saturates a pixel;
+    # the fit sorts out the real value from the wings.
+    return Peaks(xc, yc, flux, np.full(len(xc), np.inf))
+
+
+def find_peaks(resid: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
+               model: np.ndarray, kernel: np.ndarray, known_x: np.ndarray,
+               known_y: np.ndarray, params: FitParams, first_pass: bool,
+               fwhm: float) -> Peaks:
+    """New source candidates in ``resid``.
+
+    Parameters
+    ----------
+    resid : `numpy.ndarray`
+        Image minus sky minus the model of the known sources.
+    weight : `numpy.ndarray`
+        Inverse variance, zero for unusable pixels.
+    saturated : `numpy.ndarray` [`bool`]
+        Saturated pixels.
+    model : `numpy.ndarray`
+        Model image of the known sources (no sky).
+    kernel : `numpy.ndarray`
+        PSF stamp (odd, unit sum) for the matched filter.
+    known_x, known_y : `numpy.ndarray`
+        Positions of the sources already in the model.
+    params : `FitParams`
+        Thresholds and factors.
+    first_pass : `bool`
+        In the first pass peaks closer than about a FWHM are not split.
+    fwhm : `float`
+        PSF FWHM in pixels.
+    """
+    k2 = kernel * kernel
+    denominator = _correlate(weight, k2)
+    mf = MatchedFilter.compute(resid, weight, kernel, denominator)
+    sig = mf.significance
+    thr = params.threshold
+    pix_sn = resid * np.sqrt(weight)
+
+    sep = params.first_pass_separation or fwhm
+    size = max(3, 2 * int(np.ceil(sep)) + 1) if first_pass else 3
+    is_max = (sig == ndimage.maximum_filter(sig, size=size, mode="constant", cval=-np.inf))
+    faint = is_max & (sig > thr)
+    bright_thr = thr / params.bright_factor
+    pix_max = pix_sn == ndimage.maximum_filter(pix_sn, size=size, mode="constant",
+                                                cval=-np.inf)
+    bright = pix_max & (pix_sn > bright_thr) & (sig > thr)
+
+    masked = (weight <= 0) | saturated
+    edge_of_mask = ndimage.binary_dilation(masked, iterations=1) & ~masked
+    bright &= ~edge_of_mask & ~masked
+    # A faint peak whose peak pixel is bright is handled as a bright peak.
+    faint &= ~(pix_sn > bright_thr)
+    faint &= ~saturated
+    cand = bright | faint
+    cand &= mf.coverage > 0.3
+
+    # Stand out against the residuals of the sources already modelled.
+    if params.model_significance_factor > 0 or params.model_flux_factor > 0 \
+            or params.model_pixel_factor > 0:
+        msig = MatchedFilter.compute(model, weight, kernel, denominator).significance
+        cand &= sig > params.model_significance_factor * msig
+        cand &= resid > params.model_flux_factor * model
+        if params.model_pixel_factor > 0:
+            cand &= pix_sn > params.model_pixel_factor * msig
+    if params.local_background_factor > 0:
+        comp = kernel - kernel.mean()
+        lbs = MatchedFilter.compute(resid, weight, comp).significance
+        cand &= lbs > thr * params.local_background_factor
+
+    iy, ix = np.nonzero(cand)
+    if iy.size == 0:
+        return Peaks.empty()
+    x = ix.astype(float)
+    y = iy.astype(float)
+    if len(known_x):
+        dist, _ = cKDTree(np.column_stack([known_x, known_y])).query(np.column_stack([x, y]))
+        keep = dist > params.min_separation
+        x, y, iy, ix = x[keep], y[keep], iy[keep], ix[keep]
+    flux = np.maximum(mf.flux[iy, ix], 0.0)
+    return Peaks(x, y, flux, sig[iy, ix])

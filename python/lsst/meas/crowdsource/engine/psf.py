@@ -1,0 +1,257 @@
+"""Pixelised, spatially varying PSF model.
+
+The model is a set of coefficient stamps ``C_k`` (shape ``(K, L, L)``, odd
+``L``) multiplying low-order polynomials ``P_k(x, y)`` of the position, so
+that the PSF centred on a source at ``(x, y)`` is ``sum_k P_k(x, y) C_k``
+sampled at integer offsets and then shifted to the sub-pixel position with
+a Lanczos kernel.  Only the central ``core`` pixels vary with position;
+outside the core the wings are the same everywhere (usually a Moffat fit
+to the core, see `lsst.meas.crowdsource.engine.psf_fit`).  The constant
+term sums to one and the others to zero, so the PSF is normalised to unit
+total flux everywhere on the large stamp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .errors import InputError
+from .interpolation import shift_stamps
+
+__all__ = ["PixelPsf", "polynomial_terms", "n_poly_terms", "moffat_stamp",
+           "gaussian_stamp", "central_crop", "psf_from_callable", "check_psf_stamp"]
+
+
+def n_poly_terms(order: int) -> int:
+    """Number of 2-D polynomial terms up to total degree ``order``."""
+    return (order + 1) * (order + 2) // 2
+
+
+def polynomial_terms(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
+    """Monomials ``u**i v**j`` with ``i + j <= order``, shape (N, K).
+
+    The constant term comes first.
+    """
+    u = np.atleast_1d(np.asarray(u, dtype=float))
+    v = np.atleast_1d(np.asarray(v, dtype=float))
+    cols = []
+    for deg in range(order + 1):
+        for j in range(deg + 1):
+            cols.append(u ** (deg - j) * v ** j)
+    return np.stack(cols, axis=1)
+
+
+def central_crop(stamps: np.ndarray, size: int) -> np.ndarray:
+    """Central ``size`` x ``size`` part of square stamps (last two axes)."""
+    full = stamps.shape[-1]
+    if size > full:
+        pad = (size - full) // 2
+        widths = [(0, 0)] * (stamps.ndim - 2) + [(pad, pad), (pad, pad)]
+        return np.pad(stamps, widths)
+    lo = (full - size) // 2
+    return stamps[..., lo:lo + size, lo:lo + size]
+
+
+def _radius_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    c = size // 2
+    yy, xx = np.mgrid[0:size, 0:size] - c
+    return xx.astype(float), yy.astype(float)
+
+
+def moffat_stamp(size: int, fwhm: float, beta: float = 3.0) -> np.ndarray:
+    """Unit-sum circular Moffat profile, pixel-centre sampled."""
+    alpha = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    xx, yy = _radius_grid(size)
+    prof = (1.0 + (xx ** 2 + yy ** 2) / alpha ** 2) ** (-beta)
+    return prof / prof.sum()
+
+
+def gaussian_stamp(size: int, fwhm: float) -> np.ndarray:
+    """Unit-sum circular Gaussian, pixel-centre sampled."""
+    sigma = fwhm / 2.3548
+    xx, yy = _radius_grid(size)
+    prof = np.exp(-0.5 * (xx ** 2 + yy ** 2) / sigma ** 2)
+    return prof / prof.sum()
+
+
+def check_psf_stamp(stamp: np.ndarray, name: str = "PSF stamp") -> np.ndarray:
+    """Validate a PSF stamp and return it normalised to unit sum.
+
+    Raises
+    ------
+    InputError
+        If the stamp is not a square, odd-sized 2-D array of finite values
+        with a positive sum.
+    """
+    stamp = np.asarray(stamp, dtype=float)
+    if stamp.ndim != 2 or stamp.shape[0] != stamp.shape[1]:
+        raise InputError(f"{name} must be a square 2-D array; got shape {stamp.shape}.")
+    if stamp.shape[0] % 2 == 0:
+        raise InputError(f"{name} must have an odd size so that it has a central pixel; "
+                         f"got {stamp.shape[0]}x{stamp.shape[1]}.")
+    if stamp.shape[0] < 3:
+        raise InputError(f"{name} is too small ({stamp.shape[0]} px); need at least 3x3.")
+    if not np.all(np.isfinite(stamp)):
+        raise InputError(f"{name} contains NaN or infinite values.")
+    total = stamp.sum()
+    if not total > 0:
+        raise InputError(f"{name} must have a positive sum; got {total!r}.")
+    return stamp / total
+
+
+@dataclass
+class PixelPsf:
+    """A pixelised PSF whose core varies polynomially over the image.
+
+    Parameters
+    ----------
+    coeffs : `numpy.ndarray`, shape (K, L, L)
+        Coefficient stamps; ``coeffs[0]`` is the constant term.
+    order : `int`
+        Polynomial order (``K == n_poly_terms(order)``).
+    center, scale : `tuple` [`float`, `float`], `float`
+        Positions are mapped to ``u = (x - center[0]) / scale``,
+        ``v = (y - center[1]) / scale`` before evaluating the polynomials.
+    core : `int`
+        Size of the central region that varies with position.
+    """
+
+    coeffs: np.ndarray
+    order: int = 0
+    center: tuple[float, float] = (0.0, 0.0)
+    scale: float = 1.0
+    core: int = 0
+
+    def __post_init__(self):
+        self.coeffs = np.asarray(self.coeffs, dtype=float)
+        if self.coeffs.ndim == 2:
+            self.coeffs = self.coeffs[None]
+        if self.coeffs.shape[0] != n_poly_terms(self.order):
+            raise InputError(f"PSF with order {self.order} needs {n_poly_terms(self.order)} "
+                             f"coefficient stamps; got {self.coeffs.shape[0]}.")
+        if self.core <= 0:
+            self.core = self.size
+
+    @classmethod
+    def from_stamp(cls, stamp: np.ndarray) -> "PixelPsf":
+        """A constant PSF from one stamp (validated and normalised)."""
+        return cls(check_psf_stamp(stamp)[None], order=0)
+
+    @property
+    def size(self) -> int:
+        """Size of the largest stamp the model can render."""
+        return self.coeffs.shape[-1]
+
+    def terms(self, x, y) -> np.ndarray:
+        u = (np.asarray(x, dtype=float) - self.center[0]) / self.scale
+        v = (np.asarray(y, dtype=float) - self.center[1]) / self.scale
+        return polynomial_terms(u, v, self.order)
+
+    def centered_stamps(self, x, y, size: int | None = None) -> np.ndarray:
+        """PSF at integer-centred positions, before the sub-pixel shift.
+
+        Returns an array of shape (N, size, size).
+        """
+        size = self.size if size is None else size
+        coeffs = central_crop(self.coeffs, size)
+        if self.order == 0:
+            return np.broadcast_to(coeffs[0], (np.size(x), size, size)).copy()
+        return np.einsum("nk,kab->nab", self.terms(x, y), coeffs)
+
+    def render(self, x, y, size: int | None = None, derivatives: bool = False):
+        """PSF stamps centred on ``round(x), round(y)`` for sources at ``x, y``.
+
+        Parameters
+        ----------
+        x, y : array-like
+            Source positions in the coordinates the model was built for.
+        size : `int`, optional
+            Odd stamp size; defaults to the model's full size.
+        derivatives : `bool`
+            Also return derivatives with respect to ``x`` and ``y``.
+        """
+        x = np.atleast_1d(np.asarray(x, dtype=float))
+        y = np.atleast_1d(np.asarray(y, dtype=float))
+        dx = x - np.round(x)
+        dy = y - np.round(y)
+        return shift_stamps(self.centered_stamps(x, y, size), dx, dy, derivatives)
+
+    def stamp(self, x: float, y: float, size: int | None = None) -> np.ndarray:
+        """The PSF at one position, centred on the stamp's central pixel."""
+        return self.centered_stamps(np.array([x]), np.array([y]), size)[0]
+
+    def fwhm(self, x: float | None = None, y: float | None = None) -> float:
+        """FWHM (pixels) from the area of the half-maximum region, interpolated."""
+        x = self.center[0] if x is None else x
+        y = self.center[1] if y is None else y
+        return stamp_fwhm(self.stamp(x, y))
+
+    def with_core_size(self, core: int) -> "PixelPsf":
+        """Copy with a different variable-core size (no resampling)."""
+        return PixelPsf(self.coeffs.copy(), self.order, self.center, self.scale, core)
+
+
+def stamp_fwhm(stamp: np.ndarray) -> float:
+    """FWHM of a (roughly round) stamp: diameter of a disc with the half-max area."""
+    peak = stamp.max()
+    if not peak > 0:
+        return float("nan")
+    # Sub-pixel estimate: linear fractional counting around the threshold.
+    frac = np.clip((stamp - 0.5 * peak) / (0.1 * peak) + 0.5, 0.0, 1.0)
+    area = frac.sum()
+    return float(2.0 * np.sqrt(area / np.pi))
+
+
+def psf_from_callable(func: Callable[[float, float], np.ndarray], bbox: tuple[int, int, int, int],
+                      order: int = 2, n_grid: int = 4) -> PixelPsf:
+    """Sample a PSF function on a grid of positions and fit a `PixelPsf`.
+
+    Parameters
+    ----------
+    func : callable
+        ``func(x, y)`` returns an odd, square stamp of the PSF at ``(x, y)``
+        centred on the stamp's central pixel (as afw's
+        ``computeKernelImage`` does).
+    bbox : `tuple`
+        ``(x_min, y_min, x_max, y_max)`` of the region to cover.
+    order : `int`
+        Polynomial order of the fitted variation.
+    n_grid : `int`
+        Grid points per axis.
+    """
+    x0, y0, x1, y1 = bbox
+    gx = np.linspace(x0, x1, n_grid)
+    gy = np.linspace(y0, y1, n_grid)
+    xs, ys = [a.ravel() for a in np.meshgrid(gx, gy)]
+    stamps = []
+    size = None
+    for xi, yi in zip(xs, ys):
+        st = check_psf_stamp(func(float(xi), float(yi)), name=f"PSF at ({xi:.1f}, {yi:.1f})")
+        if size is None:
+            size = st.shape[0]
+        elif st.shape[0] != size:
+            st = central_crop(st, size)
+            st = st / st.sum()
+        stamps.append(st)
+    stamps = np.array(stamps)
+    center = (0.5 * (x0 + x1), 0.5 * (y0 + y1))
+    scale = max(0.5 * (x1 - x0), 0.5 * (y1 - y0), 1.0)
+    order = min(order, n_grid - 1)
+    terms = polynomial_terms((xs - center[0]) / scale, (ys - center[1]) / scale, order)
+    flat = stamps.reshape(len(stamps), -1)
+    coeffs, *_ = np.linalg.lstsq(terms, flat, rcond=None)
+    coeffs = coeffs.reshape(-1, size, size)
+    return PixelPsf(normalise_coeffs(coeffs), order, center, scale)
+
+
+def normalise_coeffs(coeffs: np.ndarray) -> np.ndarray:
+    """Make the constant stamp sum to one and the others to zero."""
+    coeffs = np.array(coeffs, dtype=float)
+    c0 = coeffs[0] / coeffs[0].sum()
+    coeffs[0] = c0
+    for k in range(1, len(coeffs)):
+        coeffs[k] -= coeffs[k].sum() * c0
+    return coeffs

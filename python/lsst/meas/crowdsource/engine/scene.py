@@ -1,0 +1,153 @@
+"""PSF stamps of all sources at their current positions.
+
+Sources are grouped by stamp size (faint sources get small stamps, bright
+ones large stamps) so that every operation on stamps is a vectorised
+operation on a ``(n, s, s)`` array per group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .psf import PixelPsf
+
+__all__ = ["StampGroup", "render_scene", "choose_stamp_sizes", "scene_image", "gather"]
+
+
+@dataclass
+class StampGroup:
+    """Stamps of the sources that share one stamp size.
+
+    Attributes
+    ----------
+    index : `numpy.ndarray` [`int`]
+        Indices of the sources (into the per-source arrays).
+    size : `int`
+        Stamp size (odd).
+    pix : `numpy.ndarray` [`int`], shape (n, s, s)
+        Flat pixel index of each stamp pixel in the image, -1 off the image.
+    psf : `numpy.ndarray`, shape (n, s, s)
+        PSF of each source at its position.
+    dpsf_dx, dpsf_dy : `numpy.ndarray` or `None`
+        Derivatives of ``psf`` with respect to the source position.
+    """
+
+    index: np.ndarray
+    size: int
+    pix: np.ndarray
+    psf: np.ndarray
+    dpsf_dx: np.ndarray | None = None
+    dpsf_dy: np.ndarray | None = None
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.pix >= 0
+
+
+def choose_stamp_sizes(flux: np.ndarray, psf: PixelPsf, sizes: list[int],
+                       pixel_noise: float, noise_fraction: float) -> np.ndarray:
+    """Index into ``sizes`` of the stamp each source needs.
+
+    A source gets the smallest stamp whose edge, where the PSF times the
+    flux is highest, is below ``noise_fraction`` of the pixel noise.
+    """
+    stamp = psf.stamp(*psf.center)
+    choice = np.full(len(flux), len(sizes) - 1, dtype=int)
+    undecided = np.ones(len(flux), dtype=bool)
+    for k, s in enumerate(sizes[:-1]):
+        half = s // 2
+        c = stamp.shape[0] // 2
+        if half + 1 > c:
+            edge = 0.0
+        else:
+            ring = stamp[c - half - 1:c + half + 2, c - half - 1:c + half + 2].copy()
+            ring[1:-1, 1:-1] = 0.0
+            edge = ring.max()
+        ok = undecided & (np.abs(flux) * edge < noise_fraction * pixel_noise)
+        choice[ok] = k
+        undecided &= ~ok
+    return choice
+
+
+def render_scene(x: np.ndarray, y: np.ndarray, size_index: np.ndarray, sizes: list[int],
+                 psf: PixelPsf, shape: tuple[int, int], derivatives: bool,
+                 origin: tuple[int, int] = (0, 0)) -> list[StampGroup]:
+    """Render the PSF of every source, grouped by stamp size.
+
+    Positions are in the pixel coordinates of the array of ``shape``
+    (column ``x``, row ``y``, pixel centres at integers); the PSF model is
+    evaluated at ``(x + origin[0], y + origin[1])``.
+    """
+    ny, nx = shape
+    groups = []
+    for k, s in enumerate(sizes):
+        idx = np.nonzero(size_index == k)[0]
+        if idx.size == 0:
+            continue
+        xs, ys = x[idx], y[idx]
+        rendered = psf.render(xs + origin[0], ys + origin[1], s, derivatives=derivatives)
+        if derivatives:
+            p, ddx, ddy = rendered
+        else:
+            p, ddx, ddy = rendered, None, None
+        c = s // 2
+        off = np.arange(s) - c
+        iy = np.round(ys).astype(np.int64)[:, None, None] + off[None, :, None]
+        ix = np.round(xs).astype(np.int64)[:, None, None] + off[None, None, :]
+        inside = (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
+        pix = np.where(inside, iy * nx + ix, -1)
+        groups.append(StampGroup(idx, s, pix, p, ddx, ddy))
+    return groups
+
+
+def gather(image: np.ndarray, group: StampGroup) -> np.ndarray:
+    """Values of ``image`` at a group's stamp pixels (0 off the image)."""
+    flat = image.ravel()
+    return np.where(group.valid, flat[np.maximum(group.pix, 0)], 0.0)
+
+
+def scene_image(groups: list[StampGroup], flux: np.ndarray, shape: tuple[int, int],
+                gx: np.ndarray | None = None, gy: np.ndarray | None = None) -> np.ndarray:
+    """Sum of all sources: ``flux * psf (+ gx * dpsf/dx + gy * dpsf/dy)``."""
+    total = np.zeros(shape[0] * shape[1])
+    for g in groups:
+        stamps = flux[g.index, None, None] * g.psf
+        if gx is not None and g.dpsf_dx is not None:
+            stamps = stamps + gx[g.index, None, None] * g.dpsf_dx \
+                + gy[g.index, None, None] * g.dpsf_dy
+        v = g.valid
+        total += np.bincount(g.pix[v], weights=stamps[v], minlength=total.size)
+    return total.reshape(shape)
+
+
+def wing_image(x: np.ndarray, y: np.ndarray, flux: np.ndarray, size_index: np.ndarray,
+               sizes: list[int], psf: PixelPsf, shape: tuple[int, int]) -> np.ndarray:
+    """Light of every source outside its fitting stamp, out to the full PSF.
+
+    Faint sources are fit with small stamps, but the PSF is normalised to
+    unit *total* flux; the part of each source outside its stamp (its
+    far wings) is added here, with the constant PSF at the model centre,
+    by one FFT convolution per stamp size.  Subtracting it before the sky
+    and the fit keeps the wings out of the sky and the fluxes total.
+    """
+    from scipy import signal
+
+    ny, nx = shape
+    full = psf.stamp(*psf.center)
+    c = full.shape[0] // 2
+    out = np.zeros(shape)
+    ix = np.clip(np.round(x).astype(np.int64), 0, nx - 1)
+    iy = np.clip(np.round(y).astype(np.int64), 0, ny - 1)
+    for k, s in enumerate(sizes):
+        sel = (size_index == k) & np.isfinite(flux)
+        if not sel.any() or s >= full.shape[0]:
+            continue
+        kernel = full.copy()
+        h = s // 2
+        kernel[c - h:c + h + 1, c - h:c + h + 1] = 0.0
+        delta = np.bincount(iy[sel] * nx + ix[sel], weights=flux[sel],
+                            minlength=nx * ny).reshape(shape)
+        out += signal.oaconvolve(delta, kernel, mode="same")
+    return out
