@@ -8,6 +8,7 @@ from astropy.nddata import CCDData, InverseVariance, StdDevUncertainty, Variance
 from astropy.wcs import WCS
 
 from lsst.meas.crowdsource.adapters.afw import centred_odd_stamp
+from lsst.meas.crowdsource.ccddata_io import BitMaskCCDData
 from lsst.meas.crowdsource.engine import InputError
 from lsst.meas.crowdsource.inputs import ExposureInputs, ccddata_inputs, exposure_inputs
 
@@ -20,12 +21,12 @@ def _variance() -> np.ndarray:
     return rng.uniform(1.0, 9.0, size=SHAPE)
 
 
-def _ccd(uncertainty=None, mask=None, meta=None, wcs=None) -> CCDData:
+def _ccd(uncertainty=None, mask=None, meta=None, wcs=None, cls=CCDData) -> CCDData:
+    """A CCDData; ``cls=BitMaskCCDData`` keeps an integer mask (CCDData makes it boolean)."""
     image = np.random.default_rng(4).normal(10.0, 1.0, size=SHAPE)
     if uncertainty is None:
         uncertainty = VarianceUncertainty(_variance())
-    return CCDData(image, unit="adu", uncertainty=uncertainty, mask=mask, meta=meta or {},
-                   wcs=wcs)
+    return cls(image, unit="adu", uncertainty=uncertainty, mask=mask, meta=meta or {}, wcs=wcs)
 
 
 def _wcs() -> WCS:
@@ -87,7 +88,8 @@ def test_uncertainty_shape_mismatch_is_an_input_error():
 
 
 def test_non_2d_image_is_an_input_error():
-    ccd = CCDData(np.zeros((2, 3, 4)), unit="adu", uncertainty=VarianceUncertainty(np.ones((2, 3, 4))))
+    ccd = CCDData(np.zeros((2, 3, 4)), unit="adu",
+                  uncertainty=VarianceUncertainty(np.ones((2, 3, 4))))
     with pytest.raises(InputError, match="2-D"):
         ccddata_inputs(ccd)
 
@@ -96,7 +98,8 @@ def test_mask_planes_from_mp_keywords():
     mask = np.zeros(SHAPE, np.int32)
     mask[1, 2] = 1 << 1  # SAT
     mask[3, 4] = (1 << 0) | (1 << 3)  # BAD | CR
-    ccd = _ccd(mask=mask, meta={"MP_BAD": 0, "MP_SAT": 1, "MP_CR": 3, "OTHER": 7})
+    ccd = _ccd(mask=mask, meta={"MP_BAD": 0, "MP_SAT": 1, "MP_CR": 3, "OTHER": 7},
+               cls=BitMaskCCDData)
     inputs = ccddata_inputs(ccd)
     assert inputs.mask_planes == {"BAD": 0, "SAT": 1, "CR": 3}
     sat = inputs.plane(["SAT"])
@@ -118,7 +121,17 @@ def test_integer_mask_without_plane_names_is_an_input_error():
     mask = np.zeros(SHAPE, np.int32)
     mask[0, 0] = 4
     with pytest.raises(InputError, match="MP_"):
-        ccddata_inputs(_ccd(mask=mask))
+        ccddata_inputs(_ccd(mask=mask, cls=BitMaskCCDData))
+
+
+def test_plain_ccddata_with_named_planes_is_an_input_error():
+    # CCDData turns an integer mask into booleans: the named planes would be lost
+    mask = np.zeros(SHAPE, np.int32)
+    mask[1, 2] = 2
+    ccd = _ccd(mask=mask, meta={"MP_BAD": 0, "MP_SAT": 1})
+    assert ccd.mask.dtype == bool
+    with pytest.raises(InputError, match="boolean"):
+        ccddata_inputs(ccd)
 
 
 def test_xy0_and_calibration_from_meta():

@@ -51,7 +51,8 @@ def _legacy_plane_names() -> dict[str, list[str]]:
     )
 
     result: dict[str, list[str]] = {}
-    for mapping in (get_legacy_visit_image_mask_planes(), get_legacy_difference_image_mask_planes()):
+    for mapping in (get_legacy_visit_image_mask_planes(),
+                    get_legacy_difference_image_mask_planes()):
         for legacy_name, plane in mapping.items():
             names = result.setdefault(plane.name, [])
             if legacy_name != plane.name and legacy_name not in names:

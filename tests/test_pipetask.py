@@ -1,0 +1,88 @@
+"""End to end on plain PyPI: a local butler repo, `pipetask run`, outputs vs truth."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from lsst.meas.crowdsource.butler_utils import make_repo, put_calexp, register_visit
+from lsst.meas.crowdsource.ccddata_io import make_ccddata
+from lsst.meas.crowdsource.engine.psf_io import psf_from_dict
+from lsst.meas.crowdsource.simulate import simulate_field
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = (160, 192)  # rows, columns
+
+
+@pytest.fixture(scope="module")
+def pipetask_run(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo")
+    butler = make_repo(repo)
+    wcs = register_visit(butler, "SimCam", visit=7, detectors=[0, 1], ra=270.0, dec=-30.0,
+                         detector_size=(SIZE[1], SIZE[0]))
+    fields = {}
+    for det in (0, 1):
+        f = simulate_field(SIZE, density=0.01, seed=20 + det, psf="moffat", bad_columns=1,
+                           xy0=(0, 0))
+        ccd = make_ccddata(f.image, f.variance, mask=f.mask, mask_planes=f.mask_planes,
+                           wcs=wcs[det], psf=f.psf_stamp, photcalib=2.5)
+        put_calexp(butler, ccd, "sim/calexp", "SimCam", 7, det)
+        fields[det] = (f, wcs[det])
+    del butler
+    pipetask = Path(sys.executable).parent / "pipetask"
+    cmd = [str(pipetask) if pipetask.exists() else "pipetask", "run", "-b", str(repo),
+           "-i", "sim/calexp", "-o", "crowdsource/out",
+           "-p", str(ROOT / "pipelines" / "CrowdsourcePhotometryNoAfw.yaml"),
+           "-d", "instrument='SimCam'", "--register-dataset-types"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    from lsst.daf.butler import Butler
+
+    return Butler.from_config(str(repo), collections="crowdsource/out"), fields, proc
+
+
+def test_pipetask_outputs_match_truth(pipetask_run):
+    butler, fields, proc = pipetask_run
+    ids = []
+    for det, (f, wcs) in fields.items():
+        data_id = dict(instrument="SimCam", visit=7, detector=det)
+        table = butler.get("crowdsource_source", data_id)
+        assert len(table) > 100
+        assert (table["detector"] == det).all() and (table["visit"] == 7).all()
+        ids.append(np.asarray(table["sourceId"]))
+        truth = f.truth
+        snr = np.asarray(truth["snr"])
+        tx, ty = np.asarray(truth["x"]), np.asarray(truth["y"])
+        inside = (tx > 2) & (tx < SIZE[1] - 3) & (ty > 2) & (ty < SIZE[0] - 3) & (snr > 20)
+        d, j = cKDTree(np.column_stack([table["x"], table["y"]])).query(
+            np.column_stack([tx[inside], ty[inside]]))
+        assert np.mean(d < 1) > 0.9
+        ok = d < 1
+        ratio = np.asarray(table["psfInstFlux"])[j[ok]] / np.asarray(truth["flux"])[inside][ok]
+        assert abs(np.median(ratio) - 1) < 0.05
+        # Calibrated flux and sky coordinates from the CCDData metadata and WCS.
+        np.testing.assert_allclose(table["psfFlux"], 2.5 * table["psfInstFlux"])
+        ra, dec = wcs.all_pix2world(table["x"], table["y"], 0)
+        np.testing.assert_allclose(table["coord_ra"], ra, atol=1e-9)
+        np.testing.assert_allclose(table["coord_dec"], dec, atol=1e-9)
+        assert str(table["psfFlux"].unit) == "nJy" and table["x"].description
+        model = butler.get("crowdsource_model", data_id)
+        assert model.shape == SIZE
+        resid = (f.image - model) / np.sqrt(f.variance)
+        good = f.mask == 0
+        r = resid[good]
+        # Mostly noise; PSF residuals of the brightest stars are in the tails.
+        assert 1.4826 * np.median(np.abs(r - np.median(r))) < 1.15
+        assert abs(np.median(r)) < 0.1
+        sky = butler.get("crowdsource_background", data_id)
+        assert abs(np.median(sky) - np.median(f.sky)) < 0.02 * np.median(f.sky)
+        psf = psf_from_dict(butler.get("crowdsource_psf", data_id))
+        assert psf.stamp(90.0, 80.0).sum() == pytest.approx(1.0, abs=0.05)
+    all_ids = np.concatenate(ids)
+    assert len(np.unique(all_ids)) == len(all_ids)
+    # No SourceCatalog output without afw.
+    assert not butler.registry.queryDatasetTypes("crowdsource_src")
