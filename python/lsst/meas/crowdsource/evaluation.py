@@ -702,7 +702,9 @@ def crowded_crb_flux_error(
             try:
                 lu = splinalg.splu(fisher.tocsc(), permc_spec="MMD_AT_PLUS_A")
             except RuntimeError as err:
-                raise ValueError(f"the Fisher matrix is singular ({err}); two stars at one position?") from err
+                raise ValueError(
+                    f"the Fisher matrix is singular ({err}); two stars at one position?"
+                ) from err
             allc = np.concatenate([wanted[k] for k in rep_ok])
             diag = np.empty(len(allc))
             for s in range(0, len(allc), 256):
