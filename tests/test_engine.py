@@ -129,12 +129,14 @@ def test_nan_and_nonpositive_variance_pixels_are_ignored(small_field):
     f = small_field
     image = f.image.astype(float).copy()
     var = f.variance.astype(float).copy()
-    clean = fit_image(image, var, psf=f.psf_stamp)
+    # The true PSF, kept fixed: this test is about the damaged pixels.
+    fixed = FitParams(refit_psf=False)
+    clean = fit_image(image, var, psf=f.psf_stamp, params=fixed)
     image[10:12, :] = np.nan
     var[40, :] = 0.0
     var[41, :] = -5.0
     image[60, 30] = np.inf
-    dirty = fit_image(image, var, psf=f.psf_stamp)
+    dirty = fit_image(image, var, psf=f.psf_stamp, params=fixed)
     assert np.all(np.isfinite(dirty.model))
     # Bright stars are measured the same way with or without the damage.
     bright = clean.columns["flux"] > 50 * clean.columns["flux_err"]
@@ -225,9 +227,9 @@ def test_crowded_field_completeness_and_spurious_rate(crowded):
     assert found[inside & (snr > 5) & (snr < 10)].mean() > 0.3
     c = result.columns
     significant = c["flux"] > 5 * c["flux_err"]
-    # Measured 0.20 (matching radius 1 px; many unmatched detections are
+    # Measured 0.13 (matching radius 1 px; many unmatched detections are
     # blends of the S/N 2-5 stars below the threshold). Guard against worse.
-    assert np.mean(~matched[significant]) < 0.25
+    assert np.mean(~matched[significant]) < 0.18
 
 
 def test_crowded_field_positions_and_fluxes(crowded):
@@ -241,10 +243,11 @@ def test_crowded_field_positions_and_fluxes(crowded):
     dy = c["y"][bright] - np.asarray(t["y"])[j[bright]]
     assert np.sqrt(np.median(dx ** 2 + dy ** 2)) < 0.06
     frac = c["flux"][bright] / np.asarray(t["flux"])[j[bright]] - 1
-    # Known: the PSF wings fit beyond the core (Moffat) miss part of the
-    # Kolmogorov halo, which biases bright-star fluxes low by a few per cent.
-    assert abs(np.median(frac)) < 0.09
-    assert 1.4826 * np.median(np.abs(frac - np.median(frac))) < 0.03
+    # The PSF (core, variation and wings) is estimated from the image; the
+    # model is normalised within its 59 px stamp, which holds ~99.7% of the
+    # true PSF's light.
+    assert abs(np.median(frac)) < 0.02
+    assert 1.4826 * np.median(np.abs(frac - np.median(frac))) < 0.02
 
 
 def test_saturated_stars_are_found_and_flagged(crowded):

@@ -41,7 +41,9 @@ ENGINE_COLUMNS: dict[str, tuple[str, str, str]] = {
                              "(-1 for positions given as input)."),
     "forced_index": ("i8", "", "Row of the input position list for forced sources, else -1."),
     "flag_edge": ("?", "", "The PSF core of the source runs off the image."),
-    "flag_no_good_pixels": ("?", "", "No usable pixel in the source's stamp."),
+    "flag_no_good_pixels": ("?", "", "No usable pixel in the source's stamp (for a forced "
+                                     "position: usable fraction of the PSF core below "
+                                     "forced_min_qf; not fit, flux NaN)."),
     "flag_fit_failed": ("?", "", "The fit gave no finite flux."),
     "flag_saturated_center": ("?", "", "The central pixel is saturated."),
     "off_image": ("?", "", "A forced position off the image: not fit, flux NaN."),

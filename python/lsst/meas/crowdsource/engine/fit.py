@@ -20,7 +20,7 @@ from .measure import StampMeasurements, measure_sources
 from .params import FitParams
 from .peaks import MatchedFilter, Peaks, find_peaks, saturated_sources
 from .psf import PixelPsf, gaussian_stamp
-from .psf_fit import extend_with_wings, fit_psf, initial_psf
+from .psf_fit import extend_with_wings, fit_psf, initial_psf, wing_profile
 from .scene import choose_stamp_sizes, gather, render_scene, scene_image, wing_image
 from .sky import boxed_sky, global_sky
 
@@ -121,6 +121,20 @@ def _merge_close(src: _Sources, radius: float) -> int:
     return int(drop.sum())
 
 
+def _sky_pixels(good: np.ndarray, model: np.ndarray, weight: np.ndarray,
+                params: FitParams) -> np.ndarray:
+    """Pixels the boxed sky is measured on: usable and not under a bright model.
+
+    Leaving out pixels where the model of the sources is brighter than
+    ``sky_mask_nsigma`` times the pixel noise keeps imperfectly modelled
+    wings of bright stars out of the sky (boxes with too few such pixels
+    take their neighbours' value).
+    """
+    if params.sky_mask_nsigma <= 0:
+        return good
+    return good & (model * np.sqrt(weight) < params.sky_mask_nsigma)
+
+
 def _pixel_noise(weight: np.ndarray) -> float:
     w = weight[weight > 0]
     return float(np.median(1.0 / np.sqrt(w))) if w.size else 1.0
@@ -201,15 +215,24 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
     if psf.size < large:
         psf = PixelPsf(extend_with_wings(psf.coeffs, large), psf.order, psf.center,
                        psf.scale, psf.core)
-    core = params.psf_core_size or max(sizes[1] if len(sizes) > 1 else sizes[0], 19)
+    core = params.psf_core_size or max(_odd(2 * 2.5 * fwhm + 1), 19)
     core = min(core, psf.size)
     noise = _pixel_noise(weight)
     sky_basis = _sky_basis(image.shape) if params.fit_sky_terms else None
 
     src = _Sources()
+    unfit = np.zeros(0, dtype=np.int64)
     if forced_x is not None and len(forced_x):
-        src.add(np.asarray(forced_x, float), np.asarray(forced_y, float),
-                np.zeros(len(forced_x)), -1, np.arange(len(forced_x)))
+        fx_all, fy_all = np.asarray(forced_x, float), np.asarray(forced_y, float)
+        # A forced position whose PSF core has (almost) no usable pixel has an
+        # unconstrained flux that can run away and wreck the whole fit: it
+        # is not fit and gets a NaN row instead.
+        qf0 = _usable_fraction(fx_all, fy_all, psf, sizes[min(1, len(sizes) - 1)], weight,
+                               origin)
+        fit_ok = qf0 >= params.forced_min_qf
+        unfit = np.nonzero(~fit_ok)[0]
+        keep = np.nonzero(fit_ok)[0]
+        src.add(fx_all[keep], fy_all[keep], np.zeros(keep.size), -1, keep)
     model = np.zeros(image.shape)
     wings = np.zeros(image.shape)
     sky = np.full(image.shape, global_sky(image, good))
@@ -224,7 +247,9 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
         if it < params.n_coarse_sky:
             sky = np.full(image.shape, global_sky(image - model - wings, good))
         else:
-            sky = boxed_sky(image - model - wings, good, params.sky_box, params.sky_smooth)
+            sky = boxed_sky(image - model - wings, _sky_pixels(good, model + wings, weight,
+                                                               params),
+                            params.sky_box, params.sky_smooth)
         # --- new peaks in the residual
         n_new = 0
         if find_new:
@@ -327,7 +352,8 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
     t0 = time.perf_counter()
     n = len(src)
     if params.n_iter > params.n_coarse_sky:
-        sky = boxed_sky(image - model - wings, good, params.sky_box, params.sky_smooth)
+        sky = boxed_sky(image - model - wings, _sky_pixels(good, model + wings, weight, params),
+                        params.sky_box, params.sky_smooth)
     else:
         sky = np.full(image.shape, global_sky(image - model - wings, good))
     if n:
@@ -383,12 +409,46 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
         flag_fit_failed=~np.isfinite(flux) if n else np.zeros(0, bool),
         flag_saturated_center=sat_center, off_image=np.zeros(n, dtype=bool),
     )
+    if unfit.size:
+        log.info("%s%d forced position(s) have no usable pixels in their PSF core; their "
+                 "fluxes are NaN.", label, unfit.size)
+        columns = _append_unfit(columns, fx_all[unfit], fy_all[unfit], unfit, qf0[unfit], sky)
     history.append(dict(iteration=params.n_iter, n_sources=n, n_new=0, final=True,
                         sky=float(np.median(sky)), psf_fwhm=float(psf_final_fwhm),
                         seconds=time.perf_counter() - t0))
     log.info("%sfinal forced pass: %d sources, %.1f s (tile total %.1f s)", label, n,
              time.perf_counter() - t0, time.perf_counter() - t_start)
     return TileFit(columns, model, sky, psf, history)
+
+
+def _usable_fraction(x, y, psf, size, weight, origin, chunk=4096):
+    """PSF-weighted fraction of usable pixels (weight > 0, on the image) in a stamp."""
+    out = np.zeros(len(x))
+    for s in range(0, len(x), chunk):
+        sl = slice(s, s + chunk)
+        g = render_scene(x[sl], y[sl], np.zeros(len(x[sl]), int), [size], psf, weight.shape,
+                         False, origin)[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[sl] = ((g.psf * (gather(weight, g) > 0)).sum(axis=(1, 2))
+                       / g.psf.sum(axis=(1, 2)))
+    return np.nan_to_num(out)
+
+
+def _append_unfit(columns, x, y, forced_index, qf, sky):
+    """Rows (NaN fluxes, flag_no_good_pixels) for forced positions that were not fit."""
+    n = len(x)
+    rows = {}
+    for name, arr in columns.items():
+        kind = arr.dtype.kind
+        fill = np.nan if kind == "f" else (-1 if kind == "i" else False)
+        rows[name] = np.full(n, fill, dtype=arr.dtype)
+    ny, nx = sky.shape
+    ix = np.clip(np.round(x).astype(int), 0, nx - 1)
+    iy = np.clip(np.round(y).astype(int), 0, ny - 1)
+    rows.update(x=x, y=y, forced_index=forced_index, qf=qf, sky=sky[iy, ix],
+                flag_no_good_pixels=np.ones(n, bool))
+    return {name: np.concatenate([arr, np.asarray(rows[name], dtype=arr.dtype)])
+            for name, arr in columns.items()}
 
 
 def _refit_psf(src, meas, snr, resid, weight, psf, params, core, shape, origin, bbox, sx, sy):
@@ -421,7 +481,38 @@ def _refit_psf(src, meas, snr, resid, weight, psf, params, core, shape, origin, 
     dx = (xs - np.round(xs)) + np.nan_to_num(meas.shift_x[idx])
     dy = (ys - np.round(ys)) + np.nan_to_num(meas.shift_y[idx])
     sel = full
+    # Each star's own local sky, from the median of its neighbour-subtracted
+    # light in an outer annulus of the large stamp, where the PSF itself is
+    # negligible.  This removes the sky's response to bright stars' wings,
+    # which would otherwise eat the wings of the new PSF pass after pass.
+    big = render_scene(xs, ys, np.zeros(idx.size, int), [psf.size], psf, shape, False,
+                       origin)[0]
+    big_stamps = gather(resid, big) + src.flux[idx, None, None] * big.psf
+    big_usable = big.valid & (gather(weight, big) > 0)
+    local_sky = _annulus_median(big_stamps, big_usable, psf.size // 2 - 5, psf.size // 2)
+    stamps = stamps - local_sky[:, None, None]
+    big_stamps = big_stamps - local_sky[:, None, None]
+    profile = None
+    if psf.size > core:
+        bright = sel & (snr[idx] > params.psf_wing_min_snr)
+        if bright.sum() >= 10:
+            profile = wing_profile(big_stamps[bright], big_usable[bright], dx[bright],
+                                   dy[bright], src.flux[idx][bright], core // 2 - 3)
     new, used = fit_psf(stamps[sel], dx[sel], dy[sel], xs[sel] + origin[0],
                         ys[sel] + origin[1], src.flux[idx][sel], psf, params.psf_order, core,
-                        params.psf_min_stars, bbox)
+                        params.psf_min_stars, bbox, profile)
     return new, used
+
+
+def _annulus_median(stamps: np.ndarray, usable: np.ndarray, r_in: float,
+                    r_out: float) -> np.ndarray:
+    """Median of each stamp's usable pixels with ``r_in <= r <= r_out`` (0 if none)."""
+    size = stamps.shape[-1]
+    c = size // 2
+    yy, xx = np.mgrid[0:size, 0:size] - c
+    r = np.hypot(xx, yy)
+    ring = (r >= r_in) & (r <= r_out)
+    vals = np.where(usable[:, ring], stamps[:, ring], np.nan)
+    with np.errstate(all="ignore"):
+        med = np.nanmedian(np.where(np.isfinite(vals).any(axis=1)[:, None], vals, 0.0), axis=1)
+    return np.nan_to_num(med)

@@ -152,7 +152,7 @@ def _fit_one(args):
     for name in ("x", "y", "x_iso", "y_iso"):
         cols[name] = cols[name] + (x0 if name.startswith("x") else y0)
     fi = cols["forced_index"]
-    if fidx is not None and len(fi):
+    if fidx is not None and len(fidx) and len(fi):  # a tile may hold no forced position
         cols["forced_index"] = np.where(fi >= 0, fidx[np.maximum(fi, 0)], -1)
     return tile, res
 

@@ -31,6 +31,13 @@ class FitParams:
     sky_smooth: int = field(
         default=3,
         metadata={"doc": 'Median filter width (in boxes) applied to the grid of box medians.'})
+    sky_mask_nsigma: float = field(
+        default=0.0,
+        metadata={"doc": 'Pixels where the model of the sources exceeds this many sigma are '
+                         'left out of the boxed sky (0: use every pixel).  Off by default: '
+                         'at 0.02 stars/px almost no pixel is that faint and the sky comes '
+                         'out low (fluxes +5%); the PSF refit instead corrects each PSF '
+                         'star for its local sky.'})
     fit_sky_terms: bool = field(
         default=False,
         metadata={"doc": 'Also fit a constant and linear sky gradient simultaneously with the stars.'})
@@ -83,6 +90,13 @@ class FitParams:
     merge_radius: float = field(
         default=0.5,
         metadata={"doc": 'Sources that converge closer than this are merged.'})
+    forced_min_qf: float = field(
+        default=0.05,
+        metadata={"doc": 'Forced positions whose PSF core has less than this PSF-weighted '
+                         'fraction of usable pixels are not fit (NaN flux, '
+                         'flag_no_good_pixels): their flux is unconstrained and, measured '
+                         'on a 30x30 px masked block, runs away and wrecks the fit of every '
+                         'other source once the fraction falls below ~0.01.'})
 
     # --- centroids
     max_shift: float = field(
@@ -101,10 +115,15 @@ class FitParams:
         metadata={"doc": "Polynomial order of the PSF's variation across the image."})
     psf_core_size: int = field(
         default=0,
-        metadata={"doc": 'Size of the PSF core estimated from stars (0: from the FWHM, at least 19).'})
+        metadata={"doc": 'Size of the PSF core estimated from stars (0: about 5 FWHM, at least 19).'})
     psf_min_snr: float = field(
         default=30.0,
         metadata={"doc": 'Minimum S/N of stars used to estimate the PSF.'})
+    psf_wing_min_snr: float = field(
+        default=100.0,
+        metadata={"doc": 'Stars brighter than this S/N (among the PSF stars) measure the '
+                         'PSF wings beyond the core; with fewer than 10 such stars a Moffat '
+                         'fit to the core extends it.'})
     psf_max_stars: int = field(
         default=2000,
         metadata={"doc": 'Use at most this many (the brightest) PSF stars.'})
@@ -167,6 +186,8 @@ class FitParams:
             problems.append("max_shift must be positive")
         if self.min_separation < 0 or self.merge_radius < 0:
             problems.append("min_separation and merge_radius must be >= 0")
+        if not 0 <= self.forced_min_qf <= 1:
+            problems.append("forced_min_qf must be in [0, 1]")
         if problems:
             raise InputError("Invalid fit parameters: " + "; ".join(problems) + ".")
 

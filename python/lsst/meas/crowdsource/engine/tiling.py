@@ -122,7 +122,7 @@ def select_tile_sources(tiles: list[Tile], xs: list[np.ndarray], ys: list[np.nda
     for t, x, y, f in zip(tiles, xs, ys, forced):
         free = f < 0
         k = free & t.in_core(x, y)
-        if forced_home is not None and len(f):
+        if forced_home is not None and len(forced_home) and len(f):
             k |= (~free) & (forced_home[np.maximum(f, 0)] == t.index)
         keep.append(k)
         band.append(free & ~k & t.in_core(x, y, pad=tol))
