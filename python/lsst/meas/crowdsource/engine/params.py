@@ -75,6 +75,11 @@ class FitParams:
     stamp_noise_fraction: float = field(
         default=0.3,
         metadata={"doc": 'A source gets the smallest stamp whose edge PSF value times its flux is below this fraction of the pixel noise.'})
+    solver: str = field(
+        default="direct",
+        metadata={"doc": 'Solver of the normal equations: "direct" (sparse LU; conjugate '
+                         'gradients if singular) or "cg" (block-preconditioned conjugate '
+                         'gradients).'})
     cg_rtol: float = field(
         default=1e-6,
         metadata={"doc": 'Relative tolerance of the conjugate-gradient solve.'})
@@ -180,6 +185,8 @@ class FitParams:
             problems.append("tile_size must be at least 64")
         if self.tile_overlap < 0:
             problems.append("tile_overlap must be >= 0")
+        if self.solver not in ("direct", "cg"):
+            problems.append(f"solver must be 'direct' or 'cg', not {self.solver!r}")
         if self.n_processes < 1:
             problems.append("n_processes must be >= 1")
         if self.max_shift <= 0:
