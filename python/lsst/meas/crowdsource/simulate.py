@@ -81,18 +81,10 @@ from astropy.table import Table
 from scipy import fft as sfft
 from scipy import ndimage, optimize
 
+from .ccddata_io import DEFAULT_MASK_PLANES
+
 #: Mask plane name -> bit number, as in a default afw ``Mask``.
-MASK_PLANES: dict[str, int] = {
-    "BAD": 0,
-    "SAT": 1,
-    "INTRP": 2,
-    "CR": 3,
-    "EDGE": 4,
-    "DETECTED": 5,
-    "DETECTED_NEGATIVE": 6,
-    "SUSPECT": 7,
-    "NO_DATA": 8,
-}
+MASK_PLANES: dict[str, int] = dict(DEFAULT_MASK_PLANES)
 
 _MOFFAT_BETA = 3.0
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
