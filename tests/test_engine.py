@@ -275,6 +275,11 @@ def test_tiled_fit_matches_single_tile_without_duplicates(small_field):
     tiled = fit_image(f.image, f.variance, psf=f.psf_stamp,
                       params=FitParams(refit_psf=False, tile_size=100, tile_overlap=40))
     assert tiled.n_tiles == 4
+    parallel = fit_image(f.image, f.variance, psf=f.psf_stamp,
+                         params=FitParams(refit_psf=False, tile_size=100, tile_overlap=40,
+                                          n_processes=2))
+    for name in ("x", "y", "flux", "flux_err"):
+        np.testing.assert_array_equal(parallel.columns[name], tiled.columns[name])
     xy_t = np.column_stack([tiled.columns["x"], tiled.columns["y"]])
     # No duplicates at the seams.
     assert len(cKDTree(xy_t).query_pairs(0.5)) == 0

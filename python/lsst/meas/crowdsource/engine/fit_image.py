@@ -141,9 +141,8 @@ def _as_psf(psf: PsfInput, shape: tuple[int, int], xy0: tuple[int, int],
 def _fit_one(args):
     (tile, image, weight, sat, psf, params, fx, fy, fidx, find_new, refine) = args
     x0, y0, x1, y1 = tile.outer
-    sub = (slice(y0, y1), slice(x0, x1))
     logger = logging.getLogger(__name__)
-    res = fit_tile(image[sub], weight[sub], sat[sub], psf, params, origin=(x0, y0),
+    res = fit_tile(image, weight, sat, psf, params, origin=(x0, y0),
                    forced_x=None if fx is None else fx - x0,
                    forced_y=None if fy is None else fy - y0,
                    find_new=find_new, refine_forced=refine,
@@ -247,8 +246,11 @@ def fit_image(image: np.ndarray, variance: np.ndarray | None = None, *,
             inside = (fx >= ox0 - 0.5) & (fx < ox1 - 0.5) & (fy >= oy0 - 0.5) & (fy < oy1 - 0.5)
             tidx = np.nonzero(inside)[0]
             tfx, tfy = fx[tidx], fy[tidx]
-        jobs.append((t, image, w, sat, model_psf, params, tfx, tfy, tidx, find_new,
-                     refine_forced))
+        # Only the tile's pixels go into the job (views in this process; a
+        # worker process receives just those), so memory follows the tile.
+        sub = (slice(t.outer[1], t.outer[3]), slice(t.outer[0], t.outer[2]))
+        jobs.append((t, image[sub], w[sub], sat[sub], model_psf, params, tfx, tfy, tidx,
+                     find_new, refine_forced))
     log.info("Fitting %dx%d image in %d tile(s)%s.", image.shape[1], image.shape[0],
              len(tiles), f" with {params.n_processes} processes" if params.n_processes > 1
              else "")
