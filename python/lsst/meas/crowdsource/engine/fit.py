@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -507,36 +508,49 @@ def _refit_psf(src, meas, snr, resid, weight, psf, params, core, shape, origin, 
     sel = full
     # Each star's own local sky, from the median of its neighbour-subtracted
     # light in an outer annulus of the large stamp, where the PSF itself is
-    # negligible.  This removes the sky's response to bright stars' wings,
-    # which would otherwise eat the wings of the new PSF pass after pass.
-    big = render_scene(xs, ys, np.zeros(idx.size, int), [psf.size], psf, shape, False,
-                       origin)[0]
-    big_stamps = gather(resid, big) + src.flux[idx, None, None] * big.psf
-    big_usable = big.valid & (gather(weight, big) > 0)
-    local_sky = _annulus_median(big_stamps, big_usable, psf.size // 2 - 5, psf.size // 2)
+    # faint.  This removes the sky's response to bright stars' wings, which
+    # would otherwise eat the wings of the new PSF pass after pass.
+    local_sky = _local_sky(xs, ys, src.flux[idx], resid, weight, psf)
     stamps = stamps - local_sky[:, None, None]
-    big_stamps = big_stamps - local_sky[:, None, None]
     profile = None
     if psf.size > core:
-        bright = sel & (snr[idx] > params.psf_wing_min_snr)
-        if bright.sum() >= 10:
-            profile = wing_profile(big_stamps[bright], big_usable[bright], dx[bright],
-                                   dy[bright], src.flux[idx][bright], core // 2 - 3)
+        bright = np.nonzero(sel & (snr[idx] > params.psf_wing_min_snr))[0]
+        bright = bright[np.argsort(-snr[idx][bright])][:200]
+        if bright.size >= 10:
+            b = idx[bright]
+            big = render_scene(src.x[b], src.y[b], np.zeros(b.size, int), [psf.size], psf,
+                               shape, False, origin)[0]
+            big_stamps = (gather(resid, big) + src.flux[b, None, None] * big.psf
+                          - local_sky[bright, None, None])
+            usable = big.valid & (gather(weight, big) > 0)
+            profile = wing_profile(big_stamps, usable, dx[bright], dy[bright], src.flux[b],
+                                   core // 2 - 3)
     new, used = fit_psf(stamps[sel], dx[sel], dy[sel], xs[sel] + origin[0],
                         ys[sel] + origin[1], src.flux[idx][sel], psf, params.psf_order, core,
                         params.psf_min_stars, bbox, profile)
     return new, used
 
 
-def _annulus_median(stamps: np.ndarray, usable: np.ndarray, r_in: float,
-                    r_out: float) -> np.ndarray:
-    """Median of each stamp's usable pixels with ``r_in <= r <= r_out`` (0 if none)."""
-    size = stamps.shape[-1]
+def _local_sky(x, y, flux, resid, weight, psf, width: int = 5) -> np.ndarray:
+    """Median neighbour-subtracted level in the outer annulus of each star's large stamp.
+
+    The star's own light there (from the constant PSF, no sub-pixel shift:
+    it is tiny) is added back to the residual before taking the median.
+    """
+    size = psf.size
     c = size // 2
     yy, xx = np.mgrid[0:size, 0:size] - c
     r = np.hypot(xx, yy)
-    ring = (r >= r_in) & (r <= r_out)
-    vals = np.where(usable[:, ring], stamps[:, ring], np.nan)
-    with np.errstate(all="ignore"):
-        med = np.nanmedian(np.where(np.isfinite(vals).any(axis=1)[:, None], vals, 0.0), axis=1)
-    return np.nan_to_num(med)
+    ring = (r >= c - width) & (r <= c)
+    dy, dx = yy[ring], xx[ring]
+    own = psf.stamp(*psf.center)[ring]
+    ny, nx = resid.shape
+    iy = np.round(y).astype(np.int64)[:, None] + dy[None]
+    ix = np.round(x).astype(np.int64)[:, None] + dx[None]
+    inside = (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
+    iyc, ixc = np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)
+    usable = inside & (weight[iyc, ixc] > 0)
+    vals = np.where(usable, resid[iyc, ixc] + flux[:, None] * own[None], np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # stars with no usable ring
+        return np.nan_to_num(np.nanmedian(vals, axis=1))
