@@ -303,3 +303,14 @@ def test_forced_positions_keep_order_and_off_image_rows(small_field):
     np.testing.assert_allclose(c["x"][:7], fx)
     assert c["off_image"][5] and c["off_image"][6] and not c["off_image"][:5].any()
     assert np.isnan(c["flux"][5:7]).all() and np.isfinite(c["flux"][:5]).all()
+
+
+def test_bright_star_touching_a_bad_column_is_found():
+    f = simulate_field((64, 64), density=0, psf="moffat", fwhm=3.5, psf_variation=0,
+                       sky_gradient=(0, 0), bad_columns=[30],
+                       stars={"x": [31.4], "y": [32.3], "flux": [5e4]})
+    bad, sat = _planes(f)
+    res = fit_image(f.image, f.variance, bad=bad, saturated=sat, psf=f.psf_stamp)
+    d = np.hypot(res.columns["x"] - 31.4, res.columns["y"] - 32.3)
+    assert d.min() < 0.2
+    assert res.columns["flux"][np.argmin(d)] == pytest.approx(5e4, rel=0.03)

@@ -130,6 +130,12 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
             `~lsst.meas.crowdsource.engine.psf_io.psf_from_dict`) and
             ``fit`` (the engine's `~lsst.meas.crowdsource.engine.FitResult`).
         """
+        # Configuration problems are reported before the (long) fit, not after it.
+        if self.config.imageStorageClass == "ImageF" and not afw_available():
+            raise ImportError("imageStorageClass='ImageF' needs lsst.afw, which cannot be "
+                              "imported here; set config.imageStorageClass='NumpyArray' (and "
+                              "doWriteAfwCatalog=False) to run without afw.")
+        make_ids(0, visit, detector, self.config)  # raises if the data ID cannot be packed
         inputs = exposure_inputs(exposure)
         image = inputs.image
         if background is not None and self.config.doAddBackground:

@@ -142,8 +142,10 @@ def find_peaks(resid: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
     masked = (weight <= 0) | saturated
     edge_of_mask = ndimage.binary_dilation(masked, iterations=1) & ~masked
     bright &= ~edge_of_mask & ~masked
-    # A faint peak whose peak pixel is bright is handled as a bright peak.
-    faint &= ~(pix_sn > bright_thr)
+    # A faint peak whose peak pixel is bright is handled as a bright peak,
+    # unless it sits on the edge of a mask, where bright peaks are refused
+    # (a star next to a bad column or bleed trail is still found this way).
+    faint &= ~(pix_sn > bright_thr) | edge_of_mask
     faint &= ~saturated
     cand = bright | faint
     cand &= mf.coverage > 0.3
