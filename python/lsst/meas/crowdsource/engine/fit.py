@@ -477,9 +477,17 @@ def _append_unfit(columns, x, y, forced_index, qf, sky):
 
 
 def _refit_psf(src, meas, snr, resid, weight, psf, params, core, shape, origin, bbox, sx, sy):
-    """Select PSF stars with the seed's cuts and fit a new PSF."""
+    """Select PSF stars with the seed's cuts and fit a new PSF.
+
+    Forced sources qualify too: a reference list (an object table) often
+    holds every bright star, and leaving them out left no PSF star at all
+    (0 instead of 18 on a 160x192 px, 0.01 stars/px field with every
+    S/N > 20 star forced), so forced mode never refit the PSF.  Their
+    stamps are aligned on the measured offsets like any other, and a wrong
+    reference position fails the ``psf_max_shift`` cut.
+    """
     with np.errstate(invalid="ignore"):
-        ok = (~src.forced & (snr > params.psf_min_snr) & (meas.qf > 0.999)
+        ok = ((snr > params.psf_min_snr) & (meas.qf > 0.999)
               & (np.hypot(meas.shift_x, meas.shift_y) < params.psf_max_shift)
               & (meas.fracflux > params.psf_min_fracflux)
               & (meas.median_loss < params.psf_max_median_loss)
