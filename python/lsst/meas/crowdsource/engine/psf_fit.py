@@ -249,7 +249,7 @@ def fit_psf(image_minus_others: np.ndarray, dx: np.ndarray, dy: np.ndarray, x: n
         The PSF in use (gives the large stamp size).
     order : `int`
         Polynomial order of the spatial variation (reduced if there are
-        too few stars: at least 4 stars per coefficient).
+        too few stars: at least 10 stars per coefficient).
     core : `int`
         Size of the stamps.
     min_stars : `int`
@@ -270,7 +270,7 @@ def fit_psf(image_minus_others: np.ndarray, dx: np.ndarray, dy: np.ndarray, x: n
     if n < min_stars:
         return None, n
     centred = shift_stamps(image_minus_others, -dx, -dy) / flux[:, None, None]
-    while order > 0 and n < 4 * n_poly_terms(order):
+    while order > 0 and n < 10 * n_poly_terms(order):
         order -= 1
     x0, y0, x1, y1 = bbox
     center = (0.5 * (x0 + x1), 0.5 * (y0 + y1))
