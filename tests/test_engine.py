@@ -314,3 +314,32 @@ def test_bright_star_touching_a_bad_column_is_found():
     d = np.hypot(res.columns["x"] - 31.4, res.columns["y"] - 32.3)
     assert d.min() < 0.2
     assert res.columns["flux"][np.argmin(d)] == pytest.approx(5e4, rel=0.03)
+
+
+@pytest.mark.parametrize("x0", [30.0, 30.4])
+def test_bright_star_centred_on_a_bad_column_is_found(x0):
+    f = simulate_field((64, 64), density=0, psf="moffat", fwhm=3.5, psf_variation=0,
+                       sky_gradient=(0, 0), bad_columns=[30],
+                       stars={"x": [x0], "y": [32.3], "flux": [5e4]})
+    bad, sat = _planes(f)
+    res = fit_image(f.image, f.variance, bad=bad, saturated=sat, psf=f.psf_stamp)
+    assert len(res) == 1
+    assert abs(res.columns["x"][0] - x0) < 0.2
+    assert res.columns["flux"][0] == pytest.approx(5e4, rel=0.03)
+
+
+def test_detection_next_to_a_forced_position_merges_into_it():
+    """A star given as a forced position is not split with a detection of itself."""
+    f = simulate_field((96, 96), density=0, psf="moffat", fwhm=3.5, psf_variation=0,
+                       sky_gradient=(0, 0), bad_columns=0,
+                       stars={"x": [40.3, 60.0], "y": [50.6, 30.0], "flux": [2e4, 3e4]})
+    # The forced position is 0.7 px off the star (within min_separation): no
+    # second source may take part of the star's light.
+    res = fit_image(f.image, f.variance, psf=f.psf_stamp, forced_x=np.array([41.0]),
+                    forced_y=np.array([50.6]), params=FitParams(refit_psf=False))
+    c = res.columns
+    assert c["forced_index"][0] == 0
+    others = np.hypot(c["x"][1:] - 40.3, c["y"][1:] - 50.6)
+    assert np.all(others > 1.5)
+    # The forced flux takes the star (less what a 0.7 px offset loses).
+    assert 0.85 * 2e4 < c["flux"][0] < 1.02 * 2e4

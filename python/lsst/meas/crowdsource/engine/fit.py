@@ -98,11 +98,25 @@ class _Sources:
         return self.forced_index >= 0
 
 
-def _merge_close(src: _Sources, radius: float) -> int:
-    """Merge free sources closer than ``radius``: the fainter joins the brighter."""
-    if len(src) < 2 or radius <= 0:
+def _merge_close(src: _Sources, radius: float, forced_radius: float = 0.0) -> int:
+    """Merge sources that converged onto each other.
+
+    Free sources closer than ``radius``: the fainter joins the brighter.  A
+    free source within ``forced_radius`` of a forced position joins the
+    forced source: otherwise the two share the star's light arbitrarily and
+    the forced flux comes out wrong.  Forced sources are never merged with
+    each other.
+    """
+    reach = max(radius, forced_radius)
+    if len(src) < 2 or reach <= 0:
         return 0
-    pairs = cKDTree(np.column_stack([src.x, src.y])).query_pairs(radius, output_type="ndarray")
+    pairs = cKDTree(np.column_stack([src.x, src.y])).query_pairs(reach, output_type="ndarray")
+    if len(pairs) == 0:
+        return 0
+    dist = np.hypot(src.x[pairs[:, 0]] - src.x[pairs[:, 1]],
+                    src.y[pairs[:, 0]] - src.y[pairs[:, 1]])
+    with_forced = src.forced[pairs[:, 0]] | src.forced[pairs[:, 1]]
+    pairs = pairs[np.where(with_forced, dist <= forced_radius, dist <= radius)]
     if len(pairs) == 0:
         return 0
     drop = np.zeros(len(src), dtype=bool)
@@ -359,7 +373,7 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
         with np.errstate(invalid="ignore"):
             weak = ~forced & ~(snr >= params.cull_snr)
         src.keep(~weak)
-        n_merged = _merge_close(src, params.merge_radius)
+        n_merged = _merge_close(src, params.merge_radius, params.min_separation)
         dt = time.perf_counter() - t0
         history.append(dict(iteration=it, n_sources=len(src), n_new=n_new,
                             n_culled=int(weak.sum()), n_merged=n_merged,

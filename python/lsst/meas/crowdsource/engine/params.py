@@ -57,7 +57,7 @@ class FitParams:
         metadata={"doc": "Residual significance must exceed this times the model's significance."})
     model_flux_factor: float = field(
         default=0.1,
-        metadata={"doc": 'Residual peak pixel must exceed this times the model at that pixel.'})
+        metadata={"doc": 'The residual\'s PSF-matched flux at a peak must exceed this times the model\'s.'})
     model_pixel_factor: float = field(
         default=0.0,
         metadata={"doc": "Residual pixel S/N must exceed this times the model's PSF-convolved S/N there. The seed used 0.4; with a fitted PSF this rejects most faint stars within a few FWHM of a bright one (measured on a 0.02 stars/px field: completeness at S/N 10-30 fell from 0.78 to 0.62), so it is off by default."})

@@ -153,9 +153,13 @@ def find_peaks(resid: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
     # Stand out against the residuals of the sources already modelled.
     if params.model_significance_factor > 0 or params.model_flux_factor > 0 \
             or params.model_pixel_factor > 0:
-        msig = MatchedFilter.compute(model, weight, kernel, denominator).significance
+        mmf = MatchedFilter.compute(model, weight, kernel, denominator)
+        msig = mmf.significance
         cand &= sig > params.model_significance_factor * msig
-        cand &= resid > params.model_flux_factor * model
+        # Compared as matched-filter fluxes rather than single pixels, so that
+        # a peak on a masked pixel (a star centred on a bad column) is judged
+        # by its unmasked surroundings.
+        cand &= mf.flux > params.model_flux_factor * mmf.flux
         if params.model_pixel_factor > 0:
             cand &= pix_sn > params.model_pixel_factor * msig
     if params.local_background_factor > 0:
