@@ -5,6 +5,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Extra arguments of the demo driver, e.g. `make demo DEMO_ARGS=--quick`
+# (see `$(PY) -m lsst.meas.crowdsource.demo --help`).
+DEMO_ARGS ?=
+DEMO_OUTPUT ?= demo_output
 
 .PHONY: test demo venv clean
 
@@ -18,6 +22,12 @@ $(VENV)/.installed: pyproject.toml
 
 test: venv
 	$(PY) -m pytest -q
+
+# Simulated crowded visit -> local butler repo -> `pipetask run` (photometry,
+# then forced photometry) -> summary and PNG figures in $(DEMO_OUTPUT)/.
+# $(DEMO_OUTPUT)/repo is deleted and re-created on every run.
+demo: venv
+	$(PY) -m lsst.meas.crowdsource.demo --output $(DEMO_OUTPUT) $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
