@@ -293,7 +293,7 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
             peaks = find_peaks(resid, weight, saturated, model, kernel, src.x, src.y,
                                params, first_pass=(it == 0), fwhm=fwhm)
             if it == 0 and saturated.any():
-                mf = MatchedFilter.compute(resid, weight, kernel)
+                mf = MatchedFilter.compute(resid, weight, kernel, with_coverage=False)
                 sat = saturated_sources(saturated, mf.flux)
                 if len(sat) and len(peaks):
                     # Peaks in the wings of a saturated star are its own light.

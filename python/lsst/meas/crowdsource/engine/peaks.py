@@ -37,18 +37,21 @@ class MatchedFilter:
 
     significance: np.ndarray
     flux: np.ndarray
-    coverage: np.ndarray
+    coverage: np.ndarray | None
 
     @classmethod
     def compute(cls, data: np.ndarray, weight: np.ndarray, kernel: np.ndarray,
-                denominator: np.ndarray | None = None) -> "MatchedFilter":
+                denominator: np.ndarray | None = None,
+                with_coverage: bool = True) -> "MatchedFilter":
         k2 = kernel * kernel
         if denominator is None:
             denominator = _correlate(weight, k2)
         den = np.maximum(denominator, 1e-300)
         num = _correlate(data * weight, kernel)
-        good = (weight > 0).astype(float)
-        coverage = _correlate(good, k2) / k2.sum()
+        coverage = None
+        if with_coverage:
+            good = (weight > 0).astype(float)
+            coverage = _correlate(good, k2) / k2.sum()
         with np.errstate(invalid="ignore", divide="ignore"):
             sig = np.where(denominator > 0, num / np.sqrt(den), 0.0)
             flux = np.where(denominator > 0, num / den, 0.0)
@@ -153,7 +156,7 @@ def find_peaks(resid: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
     # Stand out against the residuals of the sources already modelled.
     if params.model_significance_factor > 0 or params.model_flux_factor > 0 \
             or params.model_pixel_factor > 0:
-        mmf = MatchedFilter.compute(model, weight, kernel, denominator)
+        mmf = MatchedFilter.compute(model, weight, kernel, denominator, with_coverage=False)
         msig = mmf.significance
         cand &= sig > params.model_significance_factor * msig
         # Compared as matched-filter fluxes rather than single pixels, so that
@@ -164,7 +167,7 @@ def find_peaks(resid: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
             cand &= pix_sn > params.model_pixel_factor * msig
     if params.local_background_factor > 0:
         comp = kernel - kernel.mean()
-        lbs = MatchedFilter.compute(resid, weight, comp).significance
+        lbs = MatchedFilter.compute(resid, weight, comp, with_coverage=False).significance
         cand &= lbs > thr * params.local_background_factor
 
     iy, ix = np.nonzero(cand)

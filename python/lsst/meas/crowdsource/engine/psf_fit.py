@@ -303,8 +303,10 @@ def _masked_lstsq(terms: np.ndarray, values: np.ndarray, use: np.ndarray) -> np.
     equations are assembled per column in one einsum.
     """
     w = use.astype(float)
-    ata = np.einsum("nk,nl,np->pkl", terms, terms, w)
-    atb = np.einsum("nk,np->pk", terms, values * w)
+    k = terms.shape[1]
+    outer = (terms[:, :, None] * terms[:, None, :]).reshape(len(terms), k * k)
+    ata = (w.T @ outer).reshape(-1, k, k)
+    atb = (values * w).T @ terms
     ridge = 1e-10 * np.trace(ata, axis1=1, axis2=2)[:, None, None] * np.eye(terms.shape[1])
     sol = np.linalg.solve(ata + ridge, atb[..., None])[..., 0]
     return sol.T
