@@ -337,6 +337,19 @@ def _binomial_interval(k: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.nda
     return centre - half, centre + half
 
 
+def _finish_snr_plot(fig: Figure, ax, path, ylabel: str, legend_loc: str, legend_size: int,
+                     snr_to_mag, mag_to_snr, title: str | None) -> str:
+    """Labels, grid, legend and magnitude axis shared by the plots against true S/N."""
+    ax.set_xlabel("true S/N (isolated-star Cramér–Rao)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc=legend_loc, fontsize=legend_size)
+    _mag_axis(ax, snr_to_mag, mag_to_snr)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
 def _mag_axis(ax, snr_to_mag: Callable[[np.ndarray], np.ndarray] | None,
               mag_to_snr: Callable[[np.ndarray], np.ndarray] | None) -> None:
     if snr_to_mag is None or mag_to_snr is None:
@@ -410,14 +423,8 @@ def plot_completeness(
     ax.set_xscale("log")
     ax.set_ylim(-0.02, 1.05)
     ax.set_xlim(edges[0], edges[-1])
-    ax.set_xlabel("true S/N (isolated-star Cramér–Rao)")
-    ax.set_ylabel("fraction detected (match within 1 px)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
-    _mag_axis(ax, snr_to_mag, mag_to_snr)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return _finish_snr_plot(fig, ax, path, "fraction detected (match within 1 px)",
+                            "lower right", 9, snr_to_mag, mag_to_snr, title)
 
 
 def plot_flux_error(
@@ -504,14 +511,8 @@ def plot_flux_error(
     finite = scat[np.isfinite(scat)]
     ymax = max(1.0, float(np.nanmax(finite)) * 1.5) if finite.size else 1.0
     ax.set_ylim(3e-4, ymax)
-    ax.set_xlabel("true S/N (isolated-star Cramér–Rao)")
-    ax.set_ylabel("fractional flux error")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
-    _mag_axis(ax, snr_to_mag, mag_to_snr)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return _finish_snr_plot(fig, ax, path, "fractional flux error", "lower left", 8,
+                            snr_to_mag, mag_to_snr, title)
 
 
 def plot_forced(
