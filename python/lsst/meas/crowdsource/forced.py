@@ -25,7 +25,7 @@ from lsst.utils.timer import timeMethod
 from .engine import InputError, fit_image
 from .inputs import exposure_inputs
 from .schema import build_table, forced_source_columns
-from .task_support import (CrowdsourceBaseConfig, afw_available, engine_arguments,
+from .task_support import (CrowdsourceBaseConfig, afw_catalog, engine_arguments,
                            history_metadata, image_output, make_ids)
 
 __all__ = ["CrowdsourceForcedPhotometryConnections", "CrowdsourceForcedPhotometryConfig",
@@ -382,15 +382,7 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
         self.log.info("Measured %d reference positions (%d with a usable PSF flux, %d off the "
                       "image) together with %d sources found in the image.", n, n_good,
                       int(np.sum(table["pixelFlags_offimage"])), len(result) - unique.size)
-        source_cat = None
-        if self.config.doWriteAfwCatalog:
-            if afw_available():
-                from .adapters.afw import source_catalog_from_table
-
-                source_cat = source_catalog_from_table(table, forced_source_columns())
-            else:
-                self.log.warning("lsst.afw is not available: no SourceCatalog is made "
-                                 "(set doWriteAfwCatalog=False to silence this).")
+        source_cat = afw_catalog(table, forced_source_columns(), self.config, self.log)
         return pipeBase.Struct(
             forcedSourceTable=table, forcedSourceCat=source_cat,
             model=image_output(result.model, inputs.xy0, self.config.imageStorageClass),

@@ -19,7 +19,8 @@ from .engine import fit_image
 from .engine.psf_io import psf_to_dict
 from .inputs import exposure_inputs
 from .schema import build_table, source_columns
-from .task_support import (CrowdsourceBaseConfig, afw_available, engine_arguments,
+from .task_support import (CrowdsourceBaseConfig, afw_available, afw_catalog,
+                           engine_arguments,
                            history_metadata, image_output, make_ids)
 
 __all__ = ["CrowdsourcePhotometryConnections", "CrowdsourcePhotometryConfig",
@@ -154,15 +155,7 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
         history_metadata(self.metadata, result)
         n_good = int(np.sum(~table["psfFlux_flag"]))
         self.log.info("Measured %d sources (%d with a usable PSF flux).", len(table), n_good)
-        source_cat = None
-        if self.config.doWriteAfwCatalog:
-            if afw_available():
-                from .adapters.afw import source_catalog_from_table
-
-                source_cat = source_catalog_from_table(table, source_columns())
-            else:
-                self.log.warning("lsst.afw is not available: no SourceCatalog is made "
-                                 "(set doWriteAfwCatalog=False to silence this).")
+        source_cat = afw_catalog(table, source_columns(), self.config, self.log)
         return pipeBase.Struct(
             sourceTable=table, sourceCat=source_cat,
             model=image_output(result.model, inputs.xy0, self.config.imageStorageClass),

@@ -12,7 +12,7 @@ from .inputs import ExposureInputs
 from .schema import PIXEL_FLAG_PLANES
 
 __all__ = ["CrowdsourceBaseConfig", "engine_arguments", "image_output", "make_ids",
-           "afw_available", "history_metadata"]
+           "afw_available", "afw_catalog", "history_metadata"]
 
 
 def afw_available() -> bool:
@@ -111,6 +111,19 @@ def make_ids(n: int, visit: int | None, detector: int | None, config) -> np.ndar
                          f"source ID with sourceIdBits={config.sourceIdBits}; lower it or "
                          "maxDetectors.")
     return (np.int64(exposure) << np.int64(config.sourceIdBits)) + index
+
+
+def afw_catalog(table, columns, config, log):
+    """The afw SourceCatalog of ``table``, or `None` when it is not wanted or afw is absent."""
+    if not config.doWriteAfwCatalog:
+        return None
+    if not afw_available():
+        log.warning("lsst.afw is not available: no SourceCatalog is made "
+                    "(set doWriteAfwCatalog=False to silence this).")
+        return None
+    from .adapters.afw import source_catalog_from_table
+
+    return source_catalog_from_table(table, columns)
 
 
 def image_output(array: np.ndarray, xy0: tuple[int, int], storage_class: str):
