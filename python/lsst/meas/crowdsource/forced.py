@@ -25,7 +25,8 @@ from lsst.utils.timer import timeMethod
 from .engine import InputError, fit_image
 from .inputs import exposure_inputs
 from .schema import build_table, forced_source_columns
-from .task_support import (CrowdsourceBaseConfig, afw_catalog, engine_arguments,
+from .task_support import (CrowdsourceBaseConfig, afw_catalog, check_before_fit,
+                           engine_arguments,
                            history_metadata, image_output, make_ids)
 
 __all__ = ["CrowdsourceForcedPhotometryConnections", "CrowdsourceForcedPhotometryConfig",
@@ -308,6 +309,7 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
             For a reference table without usable position columns, sky
             positions without a WCS, or an exposure that cannot be fit.
         """
+        check_before_fit(self.config, visit, detector)
         inputs = exposure_inputs(exposure)
         ref = reference_table(refTable)
         x, y, ra, dec = self.referencePositions(ref, inputs)

@@ -19,7 +19,7 @@ from .engine import fit_image
 from .engine.psf_io import psf_to_dict
 from .inputs import exposure_inputs
 from .schema import build_table, source_columns
-from .task_support import (CrowdsourceBaseConfig, afw_available, afw_catalog,
+from .task_support import (CrowdsourceBaseConfig, afw_catalog, check_before_fit,
                            engine_arguments,
                            history_metadata, image_output, make_ids)
 
@@ -131,12 +131,7 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
             `~lsst.meas.crowdsource.engine.psf_io.psf_from_dict`) and
             ``fit`` (the engine's `~lsst.meas.crowdsource.engine.FitResult`).
         """
-        # Configuration problems are reported before the (long) fit, not after it.
-        if self.config.imageStorageClass == "ImageF" and not afw_available():
-            raise ImportError("imageStorageClass='ImageF' needs lsst.afw, which cannot be "
-                              "imported here; set config.imageStorageClass='NumpyArray' (and "
-                              "doWriteAfwCatalog=False) to run without afw.")
-        make_ids(0, visit, detector, self.config)  # raises if the data ID cannot be packed
+        check_before_fit(self.config, visit, detector)
         inputs = exposure_inputs(exposure)
         image = inputs.image
         if background is not None and self.config.doAddBackground:

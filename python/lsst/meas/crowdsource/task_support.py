@@ -12,7 +12,7 @@ from .inputs import ExposureInputs
 from .schema import PIXEL_FLAG_PLANES
 
 __all__ = ["CrowdsourceBaseConfig", "engine_arguments", "image_output", "make_ids",
-           "afw_available", "afw_catalog", "history_metadata"]
+           "afw_available", "afw_catalog", "check_before_fit", "history_metadata"]
 
 
 def afw_available() -> bool:
@@ -111,6 +111,23 @@ def make_ids(n: int, visit: int | None, detector: int | None, config) -> np.ndar
                          f"source ID with sourceIdBits={config.sourceIdBits}; lower it or "
                          "maxDetectors.")
     return (np.int64(exposure) << np.int64(config.sourceIdBits)) + index
+
+
+def check_before_fit(config, visit: int | None, detector: int | None) -> None:
+    """Report configuration problems before the (long) fit, not after it.
+
+    Raises
+    ------
+    ImportError
+        ``imageStorageClass='ImageF'`` without lsst.afw.
+    ValueError
+        A data ID that cannot be packed into source IDs.
+    """
+    if config.imageStorageClass == "ImageF" and not afw_available():
+        raise ImportError("imageStorageClass='ImageF' needs lsst.afw, which cannot be "
+                          "imported here; set config.imageStorageClass='NumpyArray' (and "
+                          "doWriteAfwCatalog=False) to run without afw.")
+    make_ids(0, visit, detector, config)
 
 
 def afw_catalog(table, columns, config, log):
