@@ -295,12 +295,6 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
             if it == 0 and saturated.any():
                 mf = MatchedFilter.compute(resid, weight, kernel, with_coverage=False)
                 sat = saturated_sources(saturated, mf.flux)
-                if len(sat) and len(peaks):
-                    # Peaks in the wings of a saturated star are its own light.
-                    near = cKDTree(np.column_stack([sat.x, sat.y])).query(
-                        np.column_stack([peaks.x, peaks.y]))[0] > 2 * fwhm
-                    peaks = Peaks(peaks.x[near], peaks.y[near], peaks.flux[near],
-                                  peaks.significance[near])
                 peaks = Peaks(*(np.concatenate([a, b]) for a, b in
                                 zip((peaks.x, peaks.y, peaks.flux, peaks.significance),
                                     (sat.x, sat.y, sat.flux, sat.significance))))
@@ -353,7 +347,14 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
             sy[forced] = 0.0
 
         # --- PSF from neighbour-subtracted stamps of good stars
-        if params.refit_psf and it >= 1 and find_new:
+        # From the first pass on, as in the seed: the first fit of the bright
+        # stars already gives a better PSF than the start (an analytic guess,
+        # or a stamp from the centre of the field).  Waiting a pass let the
+        # next peak search add false companions around every bright star the
+        # starting PSF did not fit (1024x1024, 0.02 stars/px, centre-stamp
+        # start: 112 false sources within 8 px of S/N > 300 stars, 37 with
+        # the refit from the first pass).
+        if params.refit_psf and find_new:
             new_psf, psf_stars = _refit_psf(src, meas, snr, resid, weight, psf, params, core,
                                             image.shape, origin, psf_bbox, sx, sy)
             if new_psf is not None:

@@ -5,8 +5,9 @@ Peaks are local maxima of the PSF-convolved significance of the residual
 (see the seed README): bright peaks come from single-pixel S/N and are
 refused at the edge of a mask; faint peaks come from the matched filter;
 both must stand out against the residuals of the sources already modelled;
-no new peak lands next to a known source; the first pass does not split
-blends; saturated cores get one source each in the first pass.
+no new peak lands next to a known source or in the wings of a saturated
+star; the first pass does not split blends; saturated cores get one
+source each in the first pass.
 """
 
 from __future__ import annotations
@@ -151,6 +152,9 @@ def find_peaks(resid: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
     faint &= ~(pix_sn > bright_thr) | edge_of_mask
     faint &= ~saturated
     cand = bright | faint
+    if params.saturated_exclusion > 0 and saturated.any():
+        # The wings of a saturated star: its own light, not new sources.
+        cand &= ndimage.distance_transform_edt(~saturated) > params.saturated_exclusion * fwhm
     cand &= mf.coverage > 0.3
 
     # Stand out against the residuals of the sources already modelled.
