@@ -103,6 +103,34 @@ def test_psf_wing_ignores_sky_dominated_outer_bins():
     assert out[outside].sum() == pytest.approx(true[outside].sum(), rel=0.1)
 
 
+def test_psf_fit_weights_stars_by_their_noise():
+    """A few bright stars among many faint ones: weighting the normalised
+    stamps by S/N recovers the varying PSF better than equal weights."""
+    from lsst.meas.crowdsource.engine.psf_fit import fit_psf
+    from lsst.meas.crowdsource.engine.psf import PixelPsf
+
+    rng = np.random.default_rng(4)
+    core, n = 19, 300
+    x = rng.uniform(0, 500, n)
+    y = rng.uniform(0, 500, n)
+    fwhm = 3.0 + 0.6 * x / 500  # varies linearly across the field
+    truth = np.array([moffat_stamp(core, f) for f in fwhm])
+    snr = np.where(np.arange(n) < 30, 1000.0, 30.0)
+    flux = np.full(n, 1e4)
+    # Per-pixel noise such that each star has the given S/N.
+    sigma = flux / snr / np.sqrt(1.0 / (truth ** 2).sum(axis=(1, 2)))
+    stamps = flux[:, None, None] * truth + sigma[:, None, None] * rng.normal(size=truth.shape)
+    zeros = np.zeros(n)
+    current = PixelPsf.from_stamp(moffat_stamp(core, 3.3))
+    errors = {}
+    for label, weights in (("equal", None), ("by S/N", snr)):
+        psf, used = fit_psf(stamps, zeros, zeros, x, y, flux, current, 1, core, 5,
+                            (0, 0, 500, 500), snr=weights, floor=0.0)
+        model = np.array([psf.stamp(xi, yi) for xi, yi in zip(x, y)])
+        errors[label] = np.sqrt(np.mean((model - truth) ** 2))
+    assert errors["by S/N"] < 0.5 * errors["equal"]
+
+
 def test_tiles_partition_the_image():
     tiles = make_tiles((1000, 700), 256, 32)
     cover = np.zeros((1000, 700), int)

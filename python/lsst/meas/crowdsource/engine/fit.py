@@ -550,7 +550,8 @@ def _refit_psf(src, meas, snr, resid, weight, psf, params, core, shape, origin, 
                                    core // 2 - 3)
     new, used = fit_psf(stamps[sel], dx[sel], dy[sel], xs[sel] + origin[0],
                         ys[sel] + origin[1], src.flux[idx][sel], psf, params.psf_order, core,
-                        params.psf_min_stars, bbox, profile)
+                        params.psf_min_stars, bbox, profile, snr[idx][sel],
+                        params.psf_snr_floor)
     return new, used
 
 

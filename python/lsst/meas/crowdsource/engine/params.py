@@ -131,6 +131,14 @@ class FitParams:
     psf_min_snr: float = field(
         default=30.0,
         metadata={"doc": 'Minimum S/N of stars used to estimate the PSF.'})
+    psf_snr_floor: float = field(
+        default=0.005,
+        metadata={"doc": 'PSF stars are weighted by 1 / (1/S/N^2 + psf_snr_floor^2): by '
+                         'the noise of their normalised stamps, with this floor so that stars '
+                         'above S/N 1/psf_snr_floor weigh the same (the brightest stars are '
+                         'the most affected by non-linearity and brighter-fatter). 0 weighs by '
+                         'S/N^2 alone. Measured on four 512x512 fields: false detections '
+                         '0.124 with equal weights, 0.112 at 0.005, 0.121 at 0.05.'})
     psf_wing_min_snr: float = field(
         default=100.0,
         metadata={"doc": 'Stars brighter than this S/N (among the PSF stars) measure the '
@@ -198,6 +206,8 @@ class FitParams:
             problems.append("n_processes must be >= 1")
         if self.max_shift <= 0:
             problems.append("max_shift must be positive")
+        if self.psf_snr_floor < 0:
+            problems.append("psf_snr_floor must be >= 0")
         if self.min_separation < 0 or self.merge_radius < 0:
             problems.append("min_separation and merge_radius must be >= 0")
         if not 0 <= self.forced_min_qf <= 1:

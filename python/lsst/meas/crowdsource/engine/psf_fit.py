@@ -238,7 +238,8 @@ def _measure_fwhm(image, weight, saturated, half=7, n_max=100) -> float:
 def fit_psf(image_minus_others: np.ndarray, dx: np.ndarray, dy: np.ndarray, x: np.ndarray,
             y: np.ndarray, flux: np.ndarray, current: PixelPsf, order: int, core: int,
             min_stars: int, bbox: tuple[float, float, float, float],
-            profile: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+            profile: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+            snr: np.ndarray | None = None, floor: float = 0.0
             ) -> tuple[PixelPsf | None, int]:
     """Fit a new PSF to neighbour-subtracted stamps of selected stars.
 
@@ -266,6 +267,13 @@ def fit_psf(image_minus_others: np.ndarray, dx: np.ndarray, dy: np.ndarray, x: n
         ``(x_min, y_min, x_max, y_max)`` the polynomial is normalised to.
     profile : `tuple`, optional
         Measured wing profile (`wing_profile`) to extend the core with.
+    snr : `numpy.ndarray`, optional
+        S/N of each star.  With a spatially varying PSF each star's stamp
+        is weighted by ``1 / (1/snr^2 + floor^2)``: its normalised stamp
+        is that much noisier, up to a ``floor`` for the neighbour and
+        model errors every star shares.  Without, all stars weigh the same.
+    floor : `float`
+        Relative error floor of a normalised stamp (see ``snr``).
 
     Returns
     -------
@@ -289,10 +297,17 @@ def fit_psf(image_minus_others: np.ndarray, dx: np.ndarray, dy: np.ndarray, x: n
         used = np.ones(n, dtype=bool)
     else:
         terms = polynomial_terms((x - center[0]) / scale, (y - center[1]) / scale, order)
+        if snr is None:
+            star_w = np.ones(n)
+        else:
+            star_w = 1.0 / (1.0 / np.maximum(snr, 1e-3) ** 2 + floor ** 2)
+            star_w = star_w / star_w.max()
+        sw = np.sqrt(star_w)[:, None]
         use = np.ones(flat.shape, dtype=bool)
         for _ in range(3):
-            coeffs = _masked_lstsq(terms, flat, use)
-            res = flat - terms @ coeffs
+            coeffs = _masked_lstsq(terms, flat, use, star_w)
+            # Outliers judged on residuals scaled to each star's noise.
+            res = (flat - terms @ coeffs) * sw
             mad = np.median(np.abs(res), axis=0) * 1.4826 + 1e-12
             use = np.abs(res) < 4 * mad[None, :]
         used = use.mean(axis=1) > 0.9
@@ -304,13 +319,17 @@ def fit_psf(image_minus_others: np.ndarray, dx: np.ndarray, dy: np.ndarray, x: n
     return new, int(used.sum())
 
 
-def _masked_lstsq(terms: np.ndarray, values: np.ndarray, use: np.ndarray) -> np.ndarray:
-    """Per-column least squares of ``values ~ terms @ c`` using only ``use``.
+def _masked_lstsq(terms: np.ndarray, values: np.ndarray, use: np.ndarray,
+                  row_weight: np.ndarray | None = None) -> np.ndarray:
+    """Per-column weighted least squares of ``values ~ terms @ c`` using only ``use``.
 
     All columns share ``terms``; each column has its own mask, so the normal
-    equations are assembled per column in one einsum.
+    equations are assembled per column in one einsum.  ``row_weight`` weighs
+    the rows (stars).
     """
     w = use.astype(float)
+    if row_weight is not None:
+        w = w * row_weight[:, None]
     k = terms.shape[1]
     outer = (terms[:, :, None] * terms[:, None, :]).reshape(len(terms), k * k)
     ata = (w.T @ outer).reshape(-1, k, k)
