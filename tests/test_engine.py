@@ -280,9 +280,9 @@ def test_crowded_field_completeness_and_spurious_rate(crowded):
     assert found[inside & (snr > 5) & (snr < 10)].mean() > 0.3
     c = result.columns
     significant = c["flux"] > 5 * c["flux_err"]
-    # Measured 0.13 (matching radius 1 px; many unmatched detections are
+    # Measured 0.096 (matching radius 1 px; many unmatched detections are
     # blends of the S/N 2-5 stars below the threshold). Guard against worse.
-    assert np.mean(~matched[significant]) < 0.18
+    assert np.mean(~matched[significant]) < 0.13
 
 
 def test_crowded_field_positions_and_fluxes(crowded):
@@ -315,10 +315,10 @@ def test_saturated_stars_are_found_and_flagged(crowded):
     assert np.all(d < 1.5)
     assert np.all(c["flag_saturated_center"][j])
     ratio = c["flux"][j] / np.asarray(t["flux"])[sat]
-    # Saturated stars are fit from their wings only: measured 0.89-1.00
+    # Saturated stars are fit from their wings only: measured 0.94-1.02
     # (0.50-1.00 when false sources in their wings took part of the light).
-    assert np.all((ratio > 0.8) & (ratio < 1.15))
-    assert np.median(ratio) > 0.93
+    assert np.all((ratio > 0.85) & (ratio < 1.1))
+    assert np.median(ratio) > 0.95
 
 
 def test_no_false_sources_in_the_wings_of_saturated_stars(crowded):
@@ -342,8 +342,8 @@ def test_no_false_sources_in_the_wings_of_saturated_stars(crowded):
 def test_psf_refit_converges_to_the_true_psf(start):
     """Whatever the start, the refit PSF's encircled energy and the bright-star
     flux scale come out right: a truncated or eaten wing shows up as too much
-    light inside the core (measured at the centre: r <= 9 px holds 0.973 /
-    0.975 of the model's light against 0.972 true; 0.988 before the outer,
+    light inside the core (measured at the centre: r <= 9 px holds 0.971 /
+    0.974 of the model's light against 0.972 true; 0.988 before the outer,
     sky-dominated bins of the wing profile were left out of its power law)."""
     f = simulate_field((384, 384), density=0.02, seed=3, psf="galsim", saturation=60000.0,
                        bad_columns=1)
@@ -361,7 +361,7 @@ def test_psf_refit_converges_to_the_true_psf(start):
     t = f.truth
     bright = matched & (np.asarray(t["snr"])[j] > 100) & ~np.asarray(t["saturated"])[j]
     ratio = result.columns["flux"][bright] / np.asarray(t["flux"])[j[bright]]
-    # Measured 0.998 (centre stamp) and 1.003 (none).
+    # Measured 1.007 (centre stamp) and 1.005 (none).
     assert np.median(ratio) == pytest.approx(1.0, abs=0.01)
 
 
