@@ -321,6 +321,24 @@ def test_saturated_stars_are_found_and_flagged(crowded):
     assert np.median(ratio) > 0.95
 
 
+def test_stamp_and_core_sizes_follow_the_refit_psf():
+    """A starting PSF 45% too broad: once the refit has found the real FWHM the
+    varying core is sized for it (a 27 px core was kept before)."""
+    f = simulate_field((384, 384), density=0.02, seed=3, psf="galsim", saturation=60000.0,
+                       bad_columns=1)
+    bad, sat = _planes(f)
+    result = fit_image(f.image, f.variance, bad=bad, saturated=sat,
+                       psf=moffat_stamp(59, 5.0, beta=3.0))
+    assert result.psf.fwhm() == pytest.approx(3.4, abs=0.3)
+    assert result.psf.core == 19
+    found, inside, matched, j = _score(result, f.truth, f.image.shape)
+    t = f.truth
+    bright = matched & (np.asarray(t["snr"])[j] > 100) & ~np.asarray(t["saturated"])[j]
+    ratio = result.columns["flux"][bright] / np.asarray(t["flux"])[j[bright]]
+    # Measured 1.036: four passes do not fully undo so poor a start (six: 1.01).
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.05)
+
+
 def test_no_false_sources_in_the_wings_of_saturated_stars(crowded):
     """The residual of a star fit from its wings is not a new source (measured:
     1 unmatched detection within 2 FWHM of a saturated pixel, 20 without the

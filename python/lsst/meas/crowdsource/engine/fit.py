@@ -47,6 +47,12 @@ def resolve_stamp_sizes(params: FitParams, fwhm: float) -> list[int]:
     return sizes
 
 
+def _core_size(params: FitParams, fwhm: float, psf_size: int) -> int:
+    """Size of the PSF core that varies over the field and is refit."""
+    core = params.psf_core_size or max(_odd(2 * 2.5 * fwhm + 1), 19)
+    return min(core, psf_size)
+
+
 @dataclass
 class TileFit:
     """Result of `fit_tile`, in the pixel coordinates of the fitted array."""
@@ -250,8 +256,8 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
     if psf.size < large:
         psf = PixelPsf(extend_with_wings(psf.coeffs, large), psf.order, psf.center,
                        psf.scale, psf.core)
-    core = params.psf_core_size or max(_odd(2 * 2.5 * fwhm + 1), 19)
-    core = min(core, psf.size)
+    core = _core_size(params, fwhm, psf.size)
+    sized_for = fwhm  # the FWHM the stamp and core sizes were derived from
     noise = _pixel_noise(weight)
     sky_basis = _sky_basis(image.shape) if params.fit_sky_terms else None
 
@@ -361,6 +367,13 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
                 new_fwhm = new_psf.fwhm()
                 if 0.5 * fwhm < new_fwhm < 2.0 * fwhm:
                     psf, fwhm = new_psf, new_fwhm
+                    if abs(fwhm / sized_for - 1) > 0.1:
+                        # Sizes derived from a poor starting PSF would stay
+                        # wrong: a 5 px start on a 3.5 px field kept a 27 px
+                        # core and came out 5% bright.
+                        sizes = resolve_stamp_sizes(params, fwhm)
+                        core = _core_size(params, fwhm, psf.size)
+                        sized_for = fwhm
                 else:
                     log.warning("%spass %d: rejected a PSF refit with FWHM %.2f (was %.2f)",
                                 label, it, new_fwhm, fwhm)
