@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from .linear import solve_scene
@@ -259,6 +260,7 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
     core = _core_size(params, fwhm, psf.size)
     sized_for = fwhm  # the FWHM the stamp and core sizes were derived from
     noise = _pixel_noise(weight)
+    sat_distance = ndimage.distance_transform_edt(~saturated) if saturated.any() else None
     sky_basis = _sky_basis(image.shape) if params.fit_sky_terms else None
 
     src = _Sources()
@@ -297,7 +299,8 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
             kernel = psf.stamp(*psf.center, size=sizes[1] if len(sizes) > 1 else sizes[0])
             resid = image - sky - model - wings
             peaks = find_peaks(resid, weight, saturated, model, kernel, src.x, src.y,
-                               params, first_pass=(it == 0), fwhm=fwhm)
+                               params, first_pass=(it == 0), fwhm=fwhm,
+                               saturated_distance=sat_distance)
             if it == 0 and saturated.any():
                 mf = MatchedFilter.compute(resid, weight, kernel, with_coverage=False)
                 sat = saturated_sources(saturated, mf.flux)

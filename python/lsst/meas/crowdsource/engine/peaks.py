@@ -103,7 +103,7 @@ def saturated_sources(saturated: np.ndarray, flux_image: np.ndarray,
 def find_peaks(resid: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
                model: np.ndarray, kernel: np.ndarray, known_x: np.ndarray,
                known_y: np.ndarray, params: FitParams, first_pass: bool,
-               fwhm: float) -> Peaks:
+               fwhm: float, saturated_distance: np.ndarray | None = None) -> Peaks:
     """New source candidates in ``resid``.
 
     Parameters
@@ -126,6 +126,9 @@ def find_peaks(resid: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
         In the first pass peaks closer than about a FWHM are not split.
     fwhm : `float`
         PSF FWHM in pixels.
+    saturated_distance : `numpy.ndarray`, optional
+        Distance of each pixel to the nearest saturated pixel (computed
+        when not given).
     """
     k2 = kernel * kernel
     denominator = _correlate(weight, k2)
@@ -154,7 +157,9 @@ def find_peaks(resid: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
     cand = bright | faint
     if params.saturated_exclusion > 0 and saturated.any():
         # The wings of a saturated star: its own light, not new sources.
-        cand &= ndimage.distance_transform_edt(~saturated) > params.saturated_exclusion * fwhm
+        if saturated_distance is None:
+            saturated_distance = ndimage.distance_transform_edt(~saturated)
+        cand &= saturated_distance > params.saturated_exclusion * fwhm
     cand &= mf.coverage > 0.3
 
     # Stand out against the residuals of the sources already modelled.
