@@ -8,11 +8,6 @@ ForcedMeasurementTask measures) next to bright stars, then run the forced
 pipeline with ``pipetask`` on a local butler repository, then bad input.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -28,7 +23,6 @@ from lsst.meas.crowdsource.evaluation import match_to_truth, robust_scatter
 from lsst.meas.crowdsource.schema import forced_source_columns
 from lsst.meas.crowdsource.simulate import flux_for_snr, simulate_field
 
-ROOT = Path(__file__).resolve().parents[1]
 FWHM = 3.5  # simulate_field's default PSF FWHM (pixels)
 SIM = dict(psf="moffat", fwhm=FWHM)
 
@@ -282,7 +276,7 @@ SIZE = (160, 192)  # rows, columns
 
 
 @pytest.fixture(scope="module")
-def pipetask_forced(tmp_path_factory):
+def pipetask_forced(tmp_path_factory, run_pipetask):
     """Two detectors, one user target list (no dimensions) for both."""
     from lsst.daf.butler import Butler, DatasetType
 
@@ -313,13 +307,8 @@ def pipetask_forced(tmp_path_factory):
     butler.registry.registerRun("targets")
     butler.put(targets, dtype, run="targets")
     del butler
-    pipetask = Path(sys.executable).parent / "pipetask"
-    cmd = [str(pipetask) if pipetask.exists() else "pipetask", "run", "-b", str(repo),
-           "-i", "sim/calexp,targets", "-o", "forced/out",
-           "-p", str(ROOT / "pipelines" / "CrowdsourceForcedPhotometryNoAfw.yaml"),
-           "-d", "instrument='SimCam'", "--register-dataset-types"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    run_pipetask(repo, "sim/calexp,targets", "forced/out",
+                 "CrowdsourceForcedPhotometryNoAfw.yaml")
     return Butler.from_config(str(repo), collections="forced/out"), targets, fields
 
 

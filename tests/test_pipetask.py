@@ -1,10 +1,5 @@
 """End to end on plain PyPI: a local butler repo, `pipetask run`, outputs vs truth."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
@@ -14,12 +9,11 @@ from lsst.meas.crowdsource.ccddata_io import make_ccddata
 from lsst.meas.crowdsource.engine.psf_io import psf_from_dict
 from lsst.meas.crowdsource.simulate import simulate_field
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = (160, 192)  # rows, columns
 
 
 @pytest.fixture(scope="module")
-def pipetask_run(tmp_path_factory):
+def pipetask_run(tmp_path_factory, run_pipetask):
     repo = tmp_path_factory.mktemp("repo")
     butler = make_repo(repo)
     wcs = register_visit(butler, "SimCam", visit=7, detectors=[0, 1], ra=270.0, dec=-30.0,
@@ -33,13 +27,8 @@ def pipetask_run(tmp_path_factory):
         put_calexp(butler, ccd, "sim/calexp", "SimCam", 7, det)
         fields[det] = (f, wcs[det])
     del butler
-    pipetask = Path(sys.executable).parent / "pipetask"
-    cmd = [str(pipetask) if pipetask.exists() else "pipetask", "run", "-b", str(repo),
-           "-i", "sim/calexp", "-o", "crowdsource/out",
-           "-p", str(ROOT / "pipelines" / "CrowdsourcePhotometryNoAfw.yaml"),
-           "-d", "instrument='SimCam'", "--register-dataset-types"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    proc = run_pipetask(repo, "sim/calexp", "crowdsource/out",
+                        "CrowdsourcePhotometryNoAfw.yaml")
     from lsst.daf.butler import Butler
 
     return Butler.from_config(str(repo), collections="crowdsource/out"), fields, proc

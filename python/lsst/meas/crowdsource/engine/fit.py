@@ -14,13 +14,12 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from .linear import solve_scene
 from .measure import StampMeasurements, measure_sources
 from .params import FitParams
-from .peaks import MatchedFilter, Peaks, find_peaks, saturated_sources
+from .peaks import MatchedFilter, Peaks, find_peaks, saturated_sources, saturated_wings
 from .psf import PixelPsf, gaussian_stamp
 from .psf_fit import extend_with_wings, fit_psf, initial_psf, wing_profile
 from .scene import choose_stamp_sizes, gather, render_scene, scene_image, wing_image
@@ -260,7 +259,7 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
     core = _core_size(params, fwhm, psf.size)
     sized_for = fwhm  # the FWHM the stamp and core sizes were derived from
     noise = _pixel_noise(weight)
-    sat_distance = ndimage.distance_transform_edt(~saturated) if saturated.any() else None
+    sat_wings, sat_margin = None, None  # where saturated stars' wings are (for this FWHM)
     sky_basis = _sky_basis(image.shape) if params.fit_sky_terms else None
 
     src = _Sources()
@@ -281,7 +280,6 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
     sky_model = np.zeros(image.shape)  # the sources the sky is measured under
     sky = np.full(image.shape, global_sky(image, good))
     history = []
-    block_inv = np.zeros((0, 3, 3))
     meas = StampMeasurements.allocate(0)
     psf_stars = 0
 
@@ -296,11 +294,14 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
         # --- new peaks in the residual
         n_new = 0
         if find_new:
+            if params.saturated_exclusion > 0 and saturated.any() and sat_margin != fwhm:
+                sat_margin = fwhm
+                sat_wings = saturated_wings(saturated, params.saturated_exclusion * fwhm)
             kernel = psf.stamp(*psf.center, size=sizes[1] if len(sizes) > 1 else sizes[0])
             resid = image - sky - model - wings
             peaks = find_peaks(resid, weight, saturated, model, kernel, src.x, src.y,
                                params, first_pass=(it == 0), fwhm=fwhm,
-                               saturated_distance=sat_distance)
+                               wings_of_saturated=sat_wings)
             if it == 0 and saturated.any():
                 mf = MatchedFilter.compute(resid, weight, kernel, with_coverage=False)
                 sat = saturated_sources(saturated, mf.flux)
@@ -323,7 +324,6 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
                           sky_basis, params.cg_rtol, params.cg_maxiter, params.derivative_ridge,
                           solver=params.solver)
         src.flux, src.gx, src.gy = lin.flux, lin.gx, lin.gy
-        block_inv = lin.block_inv
         model = scene_image(groups, np.nan_to_num(src.flux), image.shape,
                             np.nan_to_num(src.gx), np.nan_to_num(src.gy))
         if lin.sky_terms is not None:

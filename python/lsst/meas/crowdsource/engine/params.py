@@ -65,12 +65,14 @@ class FitParams:
         default=1.5,
         metadata={"doc": 'No new source within this many pixels of an existing one.'})
     saturated_exclusion: float = field(
-        default=2.0,
-        metadata={"doc": 'No new source within this many PSF FWHMs of a saturated pixel: '
-                  'the light there belongs to the saturated star, whose model is only '
-                  'constrained by its wings (measured on four 512x512 fields with 9-17 '
-                  'saturated stars each: without it, 3-7 false sources were added around '
-                  'each heavily saturated star and took a quarter of its flux).'})
+        default=1.0,
+        metadata={"doc": 'No new source within this many PSF FWHMs of the saturated core '
+                  'of a saturated star (a disc of radius half the narrower extent of '
+                  'its saturated region plus this margin: not along a bleed trail). '
+                  'The light there is the saturated star\'s, whose model is only '
+                  'constrained by its wings. Measured on five fields (1024x1024 and '
+                  '4 x 512x512): false detections 0.1111 / 0.1102 / 0.1093 with 0 / 1 '
+                  '/ 2 FWHM, unsaturated S/N > 30 stars lost 111 / 110 / 148.'})
     first_pass_separation: float = field(
         default=0.0,
         metadata={"doc": 'Minimum separation of peaks in the first pass (0 means the PSF FWHM): early passes do not split blends.'})
