@@ -142,6 +142,12 @@ def test_psf_fit_weights_stars_by_their_noise():
         model = np.array([psf.stamp(xi, yi) for xi, yi in zip(x, y)])
         errors[label] = np.sqrt(np.mean((model - truth) ** 2))
     assert errors["by S/N"] < 0.5 * errors["equal"]
+    # A NaN or infinite S/N (a star with no error estimate) does not void the fit.
+    odd = snr.copy()
+    odd[0], odd[1] = np.nan, np.inf
+    psf, used = fit_psf(stamps, zeros, zeros, x, y, flux, current, 1, core, 5,
+                        (0, 0, 500, 500), snr=odd, floor=0.0)
+    assert psf is not None and np.all(np.isfinite(psf.coeffs))
 
 
 def test_tiles_partition_the_image():
@@ -347,20 +353,26 @@ def test_stamp_and_core_sizes_follow_the_refit_psf():
     assert np.median(ratio) == pytest.approx(1.0, abs=0.05)
 
 
-def test_saturated_wings_cover_the_core_not_the_bleed_trail():
-    from lsst.meas.crowdsource.engine.peaks import saturated_wings
+@pytest.mark.parametrize("trail", [slice(10, 51), slice(30, 100), slice(0, 31)])
+def test_saturated_wings_cover_the_core_not_the_bleed_trail(trail):
+    """The disc sits on the star, whatever the trail: both ways, one way
+    only, or cut off by the image edge."""
+    from lsst.meas.crowdsource.engine.peaks import saturated_cores, saturated_wings
 
     sat = np.zeros((120, 60), bool)
     yy, xx = np.mgrid[0:120, 0:60]
     sat[(xx - 30) ** 2 + (yy - 30) ** 2 <= 16] = True  # core: 9 px across
-    sat[30:100, 30] = True  # bleed trail down the column
+    sat[trail, 30] = True  # bleed trail along the column
+    yc, xc, radius, _ = saturated_cores(sat)
+    assert (yc[0], xc[0]) == pytest.approx((30.0, 30.0), abs=0.5)
     wings = saturated_wings(sat, 3.5)
-    # Centre of mass is pulled down the trail; the disc is 4.5 + 3.5 px.
-    yc = yy[sat].mean()
-    r = np.hypot(xx - 30, yy - yc)
-    assert wings[r <= 7.5].all() and not wings[r > 8.5].any()
+    r = np.hypot(xx - 30, yy - 30)
+    assert wings[r <= radius[0] + 3.0].all() and not wings[r > radius[0] + 4.0].any()
     # Beside the far part of the trail nothing is excluded.
-    assert not wings[60:100, 27:34].any()
+    far = np.zeros_like(sat)
+    far[trail, 27:34] = True
+    far &= r > radius[0] + 4.0
+    assert not (wings & far).any()
 
 
 def test_no_false_sources_in_the_wings_of_saturated_stars(crowded):
@@ -400,7 +412,7 @@ def test_psf_refit_converges_to_the_true_psf(start):
         assert model[r <= radius].sum() == pytest.approx(true[r <= radius].sum(), abs=tol)
     ratio = _bright_flux_ratio(result, f.truth, f.image.shape)
     # Measured 1.007 (centre stamp) and 1.005 (none).
-    assert np.median(ratio) == pytest.approx(1.0, abs=0.01)
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.015)
 
 
 def test_tiled_fit_matches_single_tile_without_duplicates(small_field):

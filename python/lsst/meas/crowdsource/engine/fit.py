@@ -294,9 +294,9 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
         # --- new peaks in the residual
         n_new = 0
         if find_new:
-            if params.saturated_exclusion > 0 and saturated.any() and sat_margin != fwhm:
-                sat_margin = fwhm
-                sat_wings = saturated_wings(saturated, params.saturated_exclusion * fwhm)
+            if params.saturated_exclusion > 0 and saturated.any() and sat_margin != sized_for:
+                sat_margin = sized_for
+                sat_wings = saturated_wings(saturated, params.saturated_exclusion * sized_for)
             kernel = psf.stamp(*psf.center, size=sizes[1] if len(sizes) > 1 else sizes[0])
             resid = image - sky - model - wings
             peaks = find_peaks(resid, weight, saturated, model, kernel, src.x, src.y,
@@ -375,6 +375,9 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
                         # wrong: a 5 px start on a 3.5 px field kept a 27 px
                         # core and came out 5% bright.
                         sizes = resolve_stamp_sizes(params, fwhm)
+                        if psf.size < max(sizes):
+                            psf = PixelPsf(extend_with_wings(psf.coeffs, max(sizes)),
+                                           psf.order, psf.center, psf.scale, psf.core)
                         core = _core_size(params, fwhm, psf.size)
                         sized_for = fwhm
                 else:

@@ -20,7 +20,8 @@ from scipy.spatial import cKDTree
 
 from .params import FitParams
 
-__all__ = ["MatchedFilter", "Peaks", "find_peaks", "saturated_sources", "saturated_wings"]
+__all__ = ["MatchedFilter", "Peaks", "find_peaks", "saturated_cores", "saturated_sources",
+           "saturated_wings"]
 
 
 def _correlate(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -77,21 +78,43 @@ class Peaks:
         return len(self.x)
 
 
+def saturated_cores(saturated: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                     np.ndarray]:
+    """Centre, core radius and size of each connected saturated region.
+
+    The centre is that of the region's deepest part (the pixels farthest
+    from any unsaturated pixel), so that a bleed trail, even one cut off by
+    the edge of the image on one side, does not pull it off the star; the
+    core radius is that largest distance.
+
+    Returns
+    -------
+    yc, xc, radius, n_pixels : `numpy.ndarray`
+        One entry per region.
+    """
+    labels, n = ndimage.label(saturated)
+    if n == 0:
+        z = np.zeros(0)
+        return z, z.copy(), z.copy(), z.copy()
+    index = np.arange(1, n + 1)
+    depth = ndimage.distance_transform_edt(saturated)
+    radius = np.asarray(ndimage.maximum(depth, labels, index), dtype=float).reshape(-1)
+    deepest = saturated & (depth >= np.concatenate([[np.inf], radius])[labels] - 0.5)
+    centre = np.array(ndimage.center_of_mass(deepest, labels, index)).reshape(-1, 2)
+    n_pixels = np.asarray(ndimage.sum_labels(saturated, labels, index), dtype=float)
+    return centre[:, 0], centre[:, 1], radius, n_pixels.reshape(-1)
+
+
 def saturated_sources(saturated: np.ndarray, flux_image: np.ndarray,
                       min_pixels: int = 1) -> Peaks:
-    """One source at the centre of each connected saturated region.
+    """One source at the centre of each connected saturated region (`saturated_cores`).
 
     The flux guess is the matched-filter flux from the unsaturated wings
     (saturated pixels carry zero weight in ``flux_image``).
     """
-    labels, n = ndimage.label(saturated)
-    if n == 0:
-        return Peaks.empty()
-    index = np.arange(1, n + 1)
-    sizes = ndimage.sum_labels(saturated, labels, index)
-    com = np.array(ndimage.center_of_mass(saturated, labels, index)).reshape(-1, 2)
-    keep = sizes >= min_pixels
-    yc, xc = com[keep, 0], com[keep, 1]
+    yc, xc, _, n_pixels = saturated_cores(saturated)
+    keep = n_pixels >= min_pixels
+    yc, xc = yc[keep], xc[keep]
     iy = np.clip(np.round(yc).astype(int), 0, saturated.shape[0] - 1)
     ix = np.clip(np.round(xc).astype(int), 0, saturated.shape[1] - 1)
     flux = np.maximum(flux_image[iy, ix], 0.0)
@@ -103,23 +126,16 @@ def saturated_sources(saturated: np.ndarray, flux_image: np.ndarray,
 def saturated_wings(saturated: np.ndarray, margin: float) -> np.ndarray:
     """Discs around saturated stars in which no new source is added.
 
-    Each connected saturated region gets a disc around its centre whose
-    radius is half its narrower extent (the saturated core, leaving out a
-    bleed trail) plus ``margin``.  Bleed trails themselves are not
-    excluded beyond that: on a 1024x1024 field, excluding everything
-    within ``margin`` of any saturated pixel lost 3% of the unsaturated
-    S/N > 100 stars, most of them beside trails.
+    Each connected saturated region gets a disc of radius (core radius +
+    ``margin``) around the centre of its core (`saturated_cores`), so a
+    bleed trail is not excluded beyond that: on a 1024x1024 field,
+    excluding everything within ``margin`` of any saturated pixel lost 3%
+    of the unsaturated S/N > 100 stars, most of them beside trails.
     """
     out = np.zeros(saturated.shape, dtype=bool)
-    labels, n = ndimage.label(saturated)
-    if n == 0:
-        return out
     ny, nx = saturated.shape
-    centres = ndimage.center_of_mass(saturated, labels, np.arange(1, n + 1))
-    for (yc, xc), box in zip(centres, ndimage.find_objects(labels)):
-        height = box[0].stop - box[0].start
-        width = box[1].stop - box[1].start
-        r = 0.5 * min(height, width) + margin
+    for yc, xc, core in zip(*saturated_cores(saturated)[:3]):
+        r = core + margin
         y0, y1 = max(int(np.floor(yc - r)), 0), min(int(np.ceil(yc + r)) + 1, ny)
         x0, x1 = max(int(np.floor(xc - r)), 0), min(int(np.ceil(xc + r)) + 1, nx)
         yy, xx = np.mgrid[y0:y1, x0:x1]

@@ -120,8 +120,9 @@ def _wing_model(radius: np.ndarray, profile: np.ndarray, error: np.ndarray,
                 r: np.ndarray) -> np.ndarray | None:
     """Surface brightness at radii ``r`` from a measured wing profile.
 
-    Where the profile is measured with S/N > 3 it is used (interpolated);
-    further out a power law fit to the well-measured outer bins takes over.
+    Over the unbroken run of bins measured with S/N > 3 from the inner edge
+    the profile is used (interpolated); further out a power law fit to the
+    outer half of that run takes over.
     Light beyond the large stamp is not modelled: extrapolating the power
     law further proved unstable (tail fractions of 1-6% from pass to pass on
     the same image), so the PSF is normalised within the large stamp (a
@@ -300,13 +301,16 @@ def fit_psf(image_minus_others: np.ndarray, dx: np.ndarray, dy: np.ndarray, x: n
         if snr is None:
             star_w = np.ones(n)
         else:
-            star_w = 1.0 / (1.0 / np.maximum(snr, 1e-3) ** 2 + floor ** 2)
+            s2 = np.clip(np.nan_to_num(np.asarray(snr, float), nan=0.0), 1e-3, 1e8) ** 2
+            star_w = 1.0 / (1.0 / s2 + floor ** 2)
             star_w = star_w / star_w.max()
         sw = np.sqrt(star_w)[:, None]
         use = np.ones(flat.shape, dtype=bool)
         used = np.ones(n, dtype=bool)
-        for _ in range(3):
+        for it in range(3):
             coeffs = _masked_lstsq(terms, flat, use & used[:, None], star_w)
+            if it == 2:
+                break
             # Outliers judged on residuals scaled to each star's noise.
             res = (flat - terms @ coeffs) * sw
             mad = np.median(np.abs(res[used]), axis=0) * 1.4826 + 1e-12
@@ -315,9 +319,8 @@ def fit_psf(image_minus_others: np.ndarray, dx: np.ndarray, dy: np.ndarray, x: n
             # 13% of PSF stars were more than 0.2 px off on a 384x384 field)
             # is left out entirely, not just those pixels.
             keep = use.mean(axis=1) > 0.9
-            if keep.sum() < max(min_stars, 2 * n_poly_terms(order)):
-                break
-            used = keep
+            if keep.sum() >= max(min_stars, 2 * n_poly_terms(order)):
+                used = keep
     coeffs = coeffs.reshape(-1, core, core)
     if not coeffs[0].sum() > 0 or not np.all(np.isfinite(coeffs)):
         return None, n
