@@ -30,9 +30,7 @@ SIM = dict(psf="moffat", fwhm=FWHM)
 def make_config(**overrides):
     """Task config for plain PyPI: CCDData in, numpy model out, no afw catalogue."""
     config = CrowdsourceForcedPhotometryConfig()
-    config.calexpStorageClass = "CrowdsourceCCDData"
-    config.imageStorageClass = "NumpyArray"
-    config.doWriteAfwCatalog = False
+    config.setNoAfwStorage()
     for name, value in overrides.items():
         setattr(config, name, value)
     config.validate()

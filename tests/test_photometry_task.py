@@ -52,9 +52,7 @@ NEAR_BAD = (BAD_COLUMN + 2.4, 40.6)  # a star whose PSF core covers the bad colu
 def _config(**overrides) -> CrowdsourcePhotometryConfig:
     """A config for the no-afw path (what pipelines/CrowdsourcePhotometryNoAfw.yaml sets)."""
     config = CrowdsourcePhotometryConfig()
-    config.calexpStorageClass = "CrowdsourceCCDData"
-    config.imageStorageClass = "NumpyArray"
-    config.doWriteAfwCatalog = False
+    config.setNoAfwStorage()
     for name, value in overrides.items():
         setattr(config, name, value)
     return config

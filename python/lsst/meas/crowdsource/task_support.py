@@ -66,6 +66,16 @@ class CrowdsourceBaseConfig(pexConfig.Config):
         dtype=int, default=22,
         doc="Bits of the source ID that count sources within one detector.")
 
+    def setNoAfwStorage(self):
+        """Set the storage classes of a run without lsst.afw.
+
+        CCDData in, numpy model and background out, no afw catalogue: what
+        ``pipelines/*NoAfw.yaml`` set, for notebooks and tests.
+        """
+        self.calexpStorageClass = "CrowdsourceCCDData"
+        self.imageStorageClass = "NumpyArray"
+        self.doWriteAfwCatalog = False
+
     def validate(self):
         super().validate()
         if self.calexpStorageClass == "CrowdsourceCCDData" and self.imageStorageClass == "ImageF":
