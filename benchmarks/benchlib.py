@@ -56,6 +56,14 @@ class CachedField:
     simulate_seconds: float
 
 
+def output_dir(out_dir: Path | None, cache_dir: Path, quick: bool) -> Path:
+    """Where a script writes its report: ``out_dir`` if given, else results/
+    (a ``--quick`` smoke test goes to the cache, not over the recorded results)."""
+    if out_dir is not None:
+        return out_dir
+    return (cache_dir / "quick") if quick else RESULTS
+
+
 def field_key(size: int, density: float, seed: int) -> str:
     return f"n{size}_d{density:g}_s{seed}_galsim_sat{SATURATION:g}_bad1"
 

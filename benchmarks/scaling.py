@@ -72,8 +72,7 @@ def main(argv=None):
     ap.add_argument("--report-only", action="store_true",
                     help="rebuild the .md from the existing results json")
     args = ap.parse_args(argv)
-    if args.out_dir is None:
-        args.out_dir = (args.cache_dir / "quick") if args.quick else bl.RESULTS
+    args.out_dir = bl.output_dir(args.out_dir, args.cache_dir, args.quick)
     if args.report_only:
         stem = args.out_dir / "scaling"
         with open(f"{stem}.json") as fh:
