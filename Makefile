@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Extra arguments of the demo driver, e.g. `make demo DEMO_ARGS=--quick`
-# (see `$(PY) -m lsst.meas.crowdsource.demo --help`).
+# (see `$(PY) examples/demo.py --help`).
 DEMO_ARGS ?=
 DEMO_OUTPUT ?= demo_output
 
@@ -27,7 +27,7 @@ test: venv
 # then forced photometry) -> summary and PNG figures in $(DEMO_OUTPUT)/.
 # $(DEMO_OUTPUT)/repo is deleted and re-created on every run.
 demo: venv
-	$(PY) -m lsst.meas.crowdsource.demo --output $(DEMO_OUTPUT) $(DEMO_ARGS)
+	$(PY) examples/demo.py --output $(DEMO_OUTPUT) $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

@@ -50,7 +50,7 @@ FIG_SNR_BINS = (2.0, 3.0, 4.0, 5.0, 6.5, 8.0, 10.0, 14.0, 20.0, 30.0, 50.0, 100.
 class CachedField:
     """A simulated field and the npz file the runners read."""
 
-    field: Any  # lsst.meas.crowdsource.simulate.SimulatedField
+    field: Any  # lsst.meas.crowdsource.testing.simulate.SimulatedField
     npz: Path
     key: str
     simulate_seconds: float
@@ -78,7 +78,7 @@ def simulated_field(size: int, density: float, seed: int, cache_dir: Path = DEFA
     centre, ``PSF_STAMP_SIZE`` square, and the mask bit numbers); both are
     reused when they exist.
     """
-    from lsst.meas.crowdsource.simulate import simulate_field
+    from lsst.meas.crowdsource.testing.simulate import simulate_field
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +260,10 @@ def crb_table(fld, sample=None, seed: int = 0):
     the sky + read-noise variance and the star's own Poisson noise: what the
     star would reach alone on the sky.
     """
-    from lsst.meas.crowdsource.evaluation import crowded_crb_flux_error, isolated_crb_flux_error
+    from lsst.meas.crowdsource.testing.evaluation import (
+        crowded_crb_flux_error,
+        isolated_crb_flux_error,
+    )
 
     t0 = time.perf_counter()
     bad = (fld.mask & fld.mask_bits("BAD", "SAT")) != 0
@@ -290,7 +293,7 @@ def score(cat: dict[str, np.ndarray], fld, crb, radius: float = 1.0) -> dict[str
       median of the code's reported flux error over the crowded bound.
     * ``fig``: per `FIG_SNR_BINS` bin, completeness and scatter / CRB.
     """
-    from lsst.meas.crowdsource.evaluation import robust_scatter, score_catalog
+    from lsst.meas.crowdsource.testing.evaluation import robust_scatter, score_catalog
 
     t = fld.truth
     x, y, f = cat["x"], cat["y"], cat["flux"]

@@ -13,18 +13,18 @@ import lsst.afw.table as afwTable  # noqa: E402
 import lsst.geom  # noqa: E402
 from astropy.table import Table  # noqa: E402
 
-from lsst.meas.crowdsource.adapters.afw import (  # noqa: E402
+from lsst.meas.crowdsource.catalog import (  # noqa: E402
+    SLOT_ALIASES,
+    forced_source_columns,
+    source_columns,
+)
+from lsst.meas.crowdsource.io.afw import (  # noqa: E402
     afw_exposure_inputs,
     afw_schema,
     numpy_to_afw_image,
     source_catalog_from_table,
 )
-from lsst.meas.crowdsource.inputs import exposure_inputs  # noqa: E402
-from lsst.meas.crowdsource.schema import (  # noqa: E402
-    SLOT_ALIASES,
-    forced_source_columns,
-    source_columns,
-)
+from lsst.meas.crowdsource.io.exposure import exposure_inputs  # noqa: E402
 
 X0, Y0, NX, NY = 100, 200, 64, 48
 PSF_SIGMA = 2.0

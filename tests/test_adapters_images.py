@@ -24,13 +24,13 @@ from lsst.images import (  # noqa: E402
 from lsst.images.fields import ChebyshevField  # noqa: E402
 from lsst.images.psfs import GaussianPointSpreadFunction  # noqa: E402
 
-from lsst.meas.crowdsource.adapters.images import (  # noqa: E402
+from lsst.meas.crowdsource.io.exposure import exposure_inputs  # noqa: E402
+from lsst.meas.crowdsource.io.images import (  # noqa: E402
     _njy_per_unit,
     _psf_callable,
     mask_to_integer,
     visit_image_inputs,
 )
-from lsst.meas.crowdsource.inputs import exposure_inputs  # noqa: E402
 
 X0, Y0, NX, NY = 100, 200, 64, 48
 BBOX = Box.factory[Y0:Y0 + NY, X0:X0 + NX]
@@ -171,7 +171,7 @@ def test_real_visit_image():
     except ImportError:
         ExposureFitsReader = None
     if ExposureFitsReader is not None:
-        from lsst.meas.crowdsource.adapters.afw import afw_exposure_inputs
+        from lsst.meas.crowdsource.io.afw import afw_exposure_inputs
 
         legacy = afw_exposure_inputs(ExposureFitsReader(filename).read())
         assert legacy.xy0 == inputs.xy0

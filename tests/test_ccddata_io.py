@@ -6,19 +6,18 @@ import os
 from pathlib import Path
 
 import astropy.units as u
+import lsst.pipe.base as pipeBase
+import lsst.pipe.base.connectionTypes as cT
 import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
 from astropy.wcs import WCS
-
-import lsst.pipe.base as pipeBase
-import lsst.pipe.base.connectionTypes as cT
 from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 from lsst.sphgeom import LonLat, UnitVector3d
 
-from lsst.meas.crowdsource import butler_utils
-from lsst.meas.crowdsource.ccddata_io import (
+from lsst.meas.crowdsource.io import butler as butler_utils
+from lsst.meas.crowdsource.io.ccddata import (
     AB_REFERENCE_FLUX_NJY,
     DEFAULT_MASK_PLANES,
     PSF_EXTNAME,
@@ -33,6 +32,7 @@ from lsst.meas.crowdsource.ccddata_io import (
     validate_ccddata,
     write_calexp_fits,
 )
+from lsst.meas.crowdsource.testing.butler import register_visit
 
 SHAPE = (23, 31)  # (ny, nx): deliberately not square
 
@@ -502,11 +502,11 @@ def test_make_repo_refuses_existing(tmp_path, repo):
 
 
 def test_register_visit_regions_and_idempotence(repo):
-    wcs = butler_utils.register_visit(
+    wcs = register_visit(
         repo, "SimCam", visit=5, detectors=[0, 1, 2, 3], ra=270.0, dec=-30.0, detector_size=(40, 30)
     )
     # Same call again: no error, nothing duplicated.
-    butler_utils.register_visit(
+    register_visit(
         repo, "SimCam", visit=5, detectors=[0, 1, 2, 3], ra=270.0, dec=-30.0, detector_size=(40, 30)
     )
     records = list(repo.registry.queryDimensionRecords("visit_detector_region", instrument="SimCam", visit=5))
@@ -525,12 +525,12 @@ def test_register_visit_regions_and_idempotence(repo):
     # The whole layout is centred on the boresight.
     assert visit.region.contains(UnitVector3d(LonLat.fromDegrees(270.0, -30.0)))
     with pytest.raises(ValueError, match="day_obs"):
-        butler_utils.register_visit(repo, "SimCam", visit=6, day_obs=20251399)
+        register_visit(repo, "SimCam", visit=6, day_obs=20251399)
 
 
 def test_butler_round_trip(repo):
     size = (SHAPE[1], SHAPE[0])
-    wcs = butler_utils.register_visit(repo, "SimCam", visit=7, detectors=[3], detector_size=size)
+    wcs = register_visit(repo, "SimCam", visit=7, detectors=[3], detector_size=size)
     ccd = _sample(wcs=wcs[3])
     ref = butler_utils.put_calexp(repo, ccd, "sim/calexp", "SimCam", 7, 3)
     assert ref.datasetType.storageClass_name == "CrowdsourceCCDData"
@@ -593,9 +593,9 @@ class _ReadCalexpTask(pipeBase.PipelineTask):
 
 def test_quantum_graph_sees_and_reads_calexps(repo):
     size = (SHAPE[1], SHAPE[0])
-    wcs = butler_utils.register_visit(repo, "SimCam", visit=9, detectors=[0, 1], detector_size=size)
+    wcs = register_visit(repo, "SimCam", visit=9, detectors=[0, 1], detector_size=size)
     # Another visit without a calexp: must not produce a quantum.
-    butler_utils.register_visit(repo, "SimCam", visit=10, detectors=[0])
+    register_visit(repo, "SimCam", visit=10, detectors=[0])
     inputs = {}
     for det in (0, 1):
         inputs[det] = _sample(seed=det, wcs=wcs[det])

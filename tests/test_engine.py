@@ -4,14 +4,19 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from lsst.meas.crowdsource.engine import (ENGINE_COLUMNS, FitParams, InputError, fit_image,
-                                          moffat_stamp)
+from lsst.meas.crowdsource.engine import (
+    ENGINE_COLUMNS,
+    FitParams,
+    InputError,
+    fit_image,
+    moffat_stamp,
+)
 from lsst.meas.crowdsource.engine.interpolation import shift_stamps
 from lsst.meas.crowdsource.engine.linear import local_inverse_diagonal
 from lsst.meas.crowdsource.engine.psf import psf_from_callable
 from lsst.meas.crowdsource.engine.psf_io import psf_from_dict, psf_to_dict
 from lsst.meas.crowdsource.engine.tiling import make_tiles
-from lsst.meas.crowdsource.simulate import simulate_field
+from lsst.meas.crowdsource.testing.simulate import simulate_field
 
 
 def _planes(field):
@@ -119,8 +124,8 @@ def test_psf_wing_ignores_sky_dominated_outer_bins():
 def test_psf_fit_weights_stars_by_their_noise():
     """A few bright stars among many faint ones: weighting the normalised
     stamps by S/N recovers the varying PSF better than equal weights."""
-    from lsst.meas.crowdsource.engine.psf_fit import fit_psf
     from lsst.meas.crowdsource.engine.psf import PixelPsf
+    from lsst.meas.crowdsource.engine.psf_fit import fit_psf
 
     rng = np.random.default_rng(4)
     core, n = 19, 300

@@ -13,15 +13,18 @@ import pytest
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
-from lsst.meas.crowdsource import (CrowdsourceForcedPhotometryConfig,
-                                   CrowdsourceForcedPhotometryConnections,
-                                   CrowdsourceForcedPhotometryTask)
-from lsst.meas.crowdsource.butler_utils import make_repo, put_calexp, register_visit
-from lsst.meas.crowdsource.ccddata_io import make_ccddata
+from lsst.meas.crowdsource import (
+    CrowdsourceForcedPhotometryConfig,
+    CrowdsourceForcedPhotometryConnections,
+    CrowdsourceForcedPhotometryTask,
+)
+from lsst.meas.crowdsource.catalog import forced_source_columns
 from lsst.meas.crowdsource.engine import InputError
-from lsst.meas.crowdsource.evaluation import match_to_truth, robust_scatter
-from lsst.meas.crowdsource.schema import forced_source_columns
-from lsst.meas.crowdsource.simulate import flux_for_snr, simulate_field
+from lsst.meas.crowdsource.io.butler import make_repo, put_calexp
+from lsst.meas.crowdsource.io.ccddata import make_ccddata
+from lsst.meas.crowdsource.testing.butler import register_visit
+from lsst.meas.crowdsource.testing.evaluation import match_to_truth, robust_scatter
+from lsst.meas.crowdsource.testing.simulate import flux_for_snr, simulate_field
 
 FWHM = 3.5  # simulate_field's default PSF FWHM (pixels)
 SIM = dict(psf="moffat", fwhm=FWHM)
@@ -353,7 +356,7 @@ def test_pipetask_forced_outputs(pipetask_forced):
 @pytest.fixture(scope="module")
 def small_field():
     field = simulate_field((96, 112), density=0.01, seed=4, xy0=(50, 70), **SIM)
-    from lsst.meas.crowdsource.butler_utils import simple_detector_wcs
+    from lsst.meas.crowdsource.testing.butler import simple_detector_wcs
 
     wcs = simple_detector_wcs(30.0, -40.0, (112, 96), 0.2)
     return field, wcs

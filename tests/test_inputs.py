@@ -1,4 +1,4 @@
-"""Tests of `lsst.meas.crowdsource.inputs` (the pure-Python exposure path; runs anywhere)."""
+"""Tests of `lsst.meas.crowdsource.io.inputs` (the pure-Python exposure path; runs anywhere)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import pytest
 from astropy.nddata import CCDData, InverseVariance, StdDevUncertainty, VarianceUncertainty
 from astropy.wcs import WCS
 
-from lsst.meas.crowdsource.adapters.afw import centred_odd_stamp
-from lsst.meas.crowdsource.ccddata_io import BitMaskCCDData
 from lsst.meas.crowdsource.engine import InputError
-from lsst.meas.crowdsource.inputs import ExposureInputs, ccddata_inputs, exposure_inputs
+from lsst.meas.crowdsource.io.afw import centred_odd_stamp
+from lsst.meas.crowdsource.io.ccddata import BitMaskCCDData, ccddata_inputs
+from lsst.meas.crowdsource.io.exposure import exposure_inputs
+from lsst.meas.crowdsource.io.inputs import ExposureInputs
 
 SHAPE = (20, 30)  # (ny, nx)
 X0, Y0 = 100, 200

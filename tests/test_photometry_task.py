@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 
+import lsst.pex.config as pexConfig
 import numpy as np
 import pytest
 from astropy.nddata import CCDData
@@ -22,15 +23,18 @@ from astropy.table import Table
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
-import lsst.pex.config as pexConfig
-from lsst.meas.crowdsource import (CrowdsourcePhotometryConfig, CrowdsourcePhotometryConnections,
-                                   CrowdsourcePhotometryTask)
-from lsst.meas.crowdsource.ccddata_io import make_ccddata
+from lsst.meas.crowdsource import (
+    CrowdsourcePhotometryConfig,
+    CrowdsourcePhotometryConnections,
+    CrowdsourcePhotometryTask,
+)
+from lsst.meas.crowdsource.catalog import source_columns
 from lsst.meas.crowdsource.engine import InputError
 from lsst.meas.crowdsource.engine.psf_io import psf_from_dict
-from lsst.meas.crowdsource.schema import source_columns
-from lsst.meas.crowdsource.simulate import simulate_field
-from lsst.meas.crowdsource.task_support import afw_available, make_ids
+from lsst.meas.crowdsource.ids import make_ids
+from lsst.meas.crowdsource.io.ccddata import make_ccddata
+from lsst.meas.crowdsource.io.outputs import afw_available
+from lsst.meas.crowdsource.testing.simulate import simulate_field
 
 SHAPE = (128, 128)  # rows, columns
 XY0 = (100, 200)  # PARENT origin

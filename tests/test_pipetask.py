@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from lsst.meas.crowdsource.butler_utils import make_repo, put_calexp, register_visit
-from lsst.meas.crowdsource.ccddata_io import make_ccddata
 from lsst.meas.crowdsource.engine.psf_io import psf_from_dict
-from lsst.meas.crowdsource.simulate import simulate_field
+from lsst.meas.crowdsource.io.butler import make_repo, put_calexp
+from lsst.meas.crowdsource.io.ccddata import make_ccddata
+from lsst.meas.crowdsource.testing.butler import register_visit
+from lsst.meas.crowdsource.testing.simulate import simulate_field
 
 SIZE = (160, 192)  # rows, columns
 

@@ -10,17 +10,17 @@ import sys
 import numpy as np
 import pytest
 from astropy.table import Table
-from scipy.special import ndtr
 from scipy.spatial import cKDTree
+from scipy.special import ndtr
 
-from lsst.meas.crowdsource.evaluation import (
+from lsst.meas.crowdsource.testing.evaluation import (
     crowded_crb_flux_error,
     isolated_crb_flux_error,
     match_to_truth,
     robust_scatter,
     score_catalog,
 )
-from lsst.meas.crowdsource.simulate import MASK_PLANES, measure_fwhm, simulate_field
+from lsst.meas.crowdsource.testing.simulate import MASK_PLANES, measure_fwhm, simulate_field
 
 HAVE_GALSIM = importlib.util.find_spec("galsim") is not None
 PSF = "galsim" if HAVE_GALSIM else "moffat"

@@ -9,10 +9,16 @@ this package wraps it as `~lsst.pipe.base.PipelineTask` subclasses:
   together with every other star in the image.
 """
 
-from .forced import (CrowdsourceForcedPhotometryConfig, CrowdsourceForcedPhotometryConnections,
-                     CrowdsourceForcedPhotometryTask)
-from .photometry import (CrowdsourcePhotometryConfig, CrowdsourcePhotometryConnections,
-                         CrowdsourcePhotometryTask)
+from .forced import (
+                     CrowdsourceForcedPhotometryConfig,
+                     CrowdsourceForcedPhotometryConnections,
+                     CrowdsourceForcedPhotometryTask,
+)
+from .photometry import (
+                     CrowdsourcePhotometryConfig,
+                     CrowdsourcePhotometryConnections,
+                     CrowdsourcePhotometryTask,
+)
 
 __all__ = ["CrowdsourceForcedPhotometryConfig", "CrowdsourceForcedPhotometryConnections",
            "CrowdsourceForcedPhotometryTask", "CrowdsourcePhotometryConfig",

@@ -22,12 +22,13 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
+from .catalog import build_table, forced_source_columns
+from .config import CrowdsourceBaseConfig, check_before_fit, engine_arguments
 from .engine import InputError, fit_image
-from .inputs import exposure_inputs
-from .schema import build_table, forced_source_columns
-from .task_support import (CrowdsourceBaseConfig, afw_catalog, check_before_fit,
-                           engine_arguments,
-                           history_metadata, image_output, make_ids)
+from .ids import make_ids
+from .io.exposure import exposure_inputs
+from .io.outputs import afw_catalog, image_output
+from .photometry import history_metadata
 
 __all__ = ["CrowdsourceForcedPhotometryConnections", "CrowdsourceForcedPhotometryConfig",
            "CrowdsourceForcedPhotometryTask", "reference_table"]
@@ -283,7 +284,7 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
         Parameters
         ----------
         exposure : `lsst.afw.image.Exposure`, `lsst.images.VisitImage` or `astropy.nddata.CCDData`
-            The calibrated exposure (see `lsst.meas.crowdsource.inputs`).
+            The calibrated exposure (see `lsst.meas.crowdsource.io.inputs`).
         refTable : `astropy.table.Table` or table-like
             Reference positions: ``coord_ra``/``coord_dec`` (ICRS degrees, or
             any angle unit the columns carry) or ``x``/``y`` (PARENT pixels),

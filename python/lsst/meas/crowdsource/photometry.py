@@ -15,13 +15,13 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
-from .engine import fit_image
+from .catalog import build_table, source_columns
+from .config import CrowdsourceBaseConfig, check_before_fit, engine_arguments
+from .engine import FitResult, fit_image
 from .engine.psf_io import psf_to_dict
-from .inputs import exposure_inputs
-from .schema import build_table, source_columns
-from .task_support import (CrowdsourceBaseConfig, afw_catalog, check_before_fit,
-                           engine_arguments,
-                           history_metadata, image_output, make_ids)
+from .ids import make_ids
+from .io.exposure import exposure_inputs
+from .io.outputs import afw_catalog, image_output
 
 __all__ = ["CrowdsourcePhotometryConnections", "CrowdsourcePhotometryConfig",
            "CrowdsourcePhotometryTask"]
@@ -115,7 +115,7 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
         Parameters
         ----------
         exposure : `lsst.afw.image.Exposure`, `lsst.images.VisitImage` or `astropy.nddata.CCDData`
-            The calibrated exposure (see `lsst.meas.crowdsource.inputs`).
+            The calibrated exposure (see `lsst.meas.crowdsource.io.inputs`).
         background : `lsst.afw.math.BackgroundList`, optional
             Background to add back first (with ``doAddBackground``).
         visit, detector : `int`, optional
@@ -135,7 +135,7 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
         inputs = exposure_inputs(exposure)
         image = inputs.image
         if background is not None and self.config.doAddBackground:
-            from .adapters.afw import background_image
+            from .io.afw import background_image
 
             image = image + background_image(background, image.shape)
         ny, nx = image.shape
@@ -156,3 +156,13 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
             model=image_output(result.model, inputs.xy0, self.config.imageStorageClass),
             background=image_output(result.sky, inputs.xy0, self.config.imageStorageClass),
             psf=psf_to_dict(result.psf, result.xy0), fit=result)
+
+
+def history_metadata(metadata, result: FitResult) -> None:
+    """Record per-pass source counts and timings in task metadata."""
+    passes = [h for h in result.history if not h.get("final")]
+    metadata["nSources"] = len(result)
+    metadata["nTiles"] = result.n_tiles
+    metadata["sourcesPerPass"] = [int(h["n_sources"]) for h in passes]
+    metadata["newPeaksPerPass"] = [int(h["n_new"]) for h in passes]
+    metadata["secondsPerPass"] = [float(h["seconds"]) for h in passes]

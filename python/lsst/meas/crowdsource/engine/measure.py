@@ -48,7 +48,7 @@ class StampMeasurements:
     n_good: np.ndarray
 
     @classmethod
-    def allocate(cls, n: int) -> "StampMeasurements":
+    def allocate(cls, n: int) -> StampMeasurements:
         nan = np.full(n, np.nan)
         kw = {name: nan.copy() for name in cls.__dataclass_fields__}
         kw["n_good"] = np.zeros(n, dtype=np.int64)

@@ -44,7 +44,7 @@ class MatchedFilter:
     @classmethod
     def compute(cls, data: np.ndarray, weight: np.ndarray, kernel: np.ndarray,
                 denominator: np.ndarray | None = None,
-                with_coverage: bool = True) -> "MatchedFilter":
+                with_coverage: bool = True) -> MatchedFilter:
         k2 = kernel * kernel
         if denominator is None:
             denominator = _correlate(weight, k2)
@@ -70,7 +70,7 @@ class Peaks:
     significance: np.ndarray
 
     @classmethod
-    def empty(cls) -> "Peaks":
+    def empty(cls) -> Peaks:
         z = np.zeros(0)
         return cls(z, z.copy(), z.copy(), z.copy())
 

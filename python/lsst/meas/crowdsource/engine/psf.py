@@ -13,8 +13,8 @@ total flux everywhere on the large stamp.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -136,7 +136,7 @@ class PixelPsf:
             self.core = self.size
 
     @classmethod
-    def from_stamp(cls, stamp: np.ndarray) -> "PixelPsf":
+    def from_stamp(cls, stamp: np.ndarray) -> PixelPsf:
         """A constant PSF from one stamp (validated and normalised)."""
         return cls(check_psf_stamp(stamp)[None], order=0)
 
@@ -189,7 +189,7 @@ class PixelPsf:
         y = self.center[1] if y is None else y
         return stamp_fwhm(self.stamp(x, y))
 
-    def with_core_size(self, core: int) -> "PixelPsf":
+    def with_core_size(self, core: int) -> PixelPsf:
         """Copy with a different variable-core size (no resampling)."""
         return PixelPsf(self.coeffs.copy(), self.order, self.center, self.scale, core)
 

@@ -18,8 +18,15 @@ import numpy as np
 from scipy import optimize
 
 from .interpolation import shift_stamps
-from .psf import (PixelPsf, central_crop, moffat_stamp, n_poly_terms, normalise_coeffs,
-                  polynomial_terms, stamp_fwhm)
+from .psf import (
+    PixelPsf,
+    central_crop,
+    moffat_stamp,
+    n_poly_terms,
+    normalise_coeffs,
+    polynomial_terms,
+    stamp_fwhm,
+)
 
 __all__ = ["fit_psf", "initial_psf", "fit_moffat", "extend_with_wings"]
 

@@ -1,11 +1,11 @@
 """Butler formatter and storage-class delegate for the astropy exposure path.
 
 `CCDDataCalexpFormatter` stores an `astropy.nddata.CCDData` as a FITS file
-in the afw calexp layout (see `lsst.meas.crowdsource.ccddata_io`), so a
+in the afw calexp layout (see `lsst.meas.crowdsource.io.ccddata`), so a
 dataset written with the ``CrowdsourceCCDData`` storage class can also be
 opened with ``lsst.afw.image.ExposureF`` and vice versa.  The storage class
 and the formatter mapping are declared in the package's
-``config/butler/seed.yaml``; `lsst.meas.crowdsource.butler_utils.make_repo`
+``config/butler/seed.yaml``; `lsst.meas.crowdsource.io.butler.make_repo`
 creates a repository with them.
 
 The storage class offers read-only components: ``image``, ``mask`` and
@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 from astropy.nddata import CCDData, VarianceUncertainty
+
 from lsst.daf.butler import FormatterV2, StorageClassDelegate
 from lsst.resources import ResourcePath
 
-from .ccddata_io import PSF_EXTNAME, from_hdulist, get_bit_mask, write_calexp_fits
+from .ccddata import PSF_EXTNAME, from_hdulist, get_bit_mask, write_calexp_fits
 
 # Components that live in one HDU each and can be read without the rest.
 _HDU_COMPONENTS = {
@@ -84,9 +85,9 @@ class CCDDataDelegate(StorageClassDelegate):
 class CCDDataCalexpFormatter(FormatterV2):
     """Read and write `astropy.nddata.CCDData` in the afw calexp FITS layout.
 
-    Writes go through `lsst.meas.crowdsource.ccddata_io.write_calexp_fits`
+    Writes go through `lsst.meas.crowdsource.io.ccddata.write_calexp_fits`
     (the butler itself writes to a temporary file and moves it into place).
-    Reads use `~lsst.meas.crowdsource.ccddata_io.from_hdulist`, so calexps
+    Reads use `~lsst.meas.crowdsource.io.ccddata.from_hdulist`, so calexps
     written by ``lsst.afw`` (``ExposureF``) can be read too.
     """
 

@@ -36,13 +36,13 @@ The afw calls used here, and where they are defined in github lsst/afw:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
+from ..catalog import SLOT_ALIASES, Column
 from ..engine import InputError
-from ..inputs import ExposureInputs
-from ..schema import SLOT_ALIASES, Column
+from .inputs import ExposureInputs
 
 __all__ = ["afw_exposure_inputs", "afw_schema", "source_catalog_from_table",
            "centred_odd_stamp", "numpy_to_afw_image", "background_image"]
@@ -148,7 +148,7 @@ def afw_exposure_inputs(exposure) -> ExposureInputs:
 
     Returns
     -------
-    inputs : `~lsst.meas.crowdsource.inputs.ExposureInputs`
+    inputs : `~lsst.meas.crowdsource.io.inputs.ExposureInputs`
         - ``image``, ``variance``, ``mask``: views of
           ``exposure.image.array``, ``exposure.variance.array`` and
           ``exposure.mask.array`` (not copied; the engine never writes to
@@ -192,7 +192,7 @@ def afw_schema(columns: list[Column]):
     ``afw_name`` not already there (type from `AFW_FIELD_TYPES`, with its
     doc and units; afw checks units with ``astropy.units.Unit(units,
     parse_strict="raise")``), and sets the slot aliases of
-    `~lsst.meas.crowdsource.schema.SLOT_ALIASES` through
+    `~lsst.meas.crowdsource.catalog.SLOT_ALIASES` through
     ``schema.getAliasMap().set``.
 
     The slots then resolve as ``src/table/slots.cc`` does:
@@ -232,11 +232,11 @@ def source_catalog_from_table(table, columns: list[Column]):
     Parameters
     ----------
     table : `astropy.table.Table`
-        A catalogue made by `~lsst.meas.crowdsource.schema.build_table` with
+        A catalogue made by `~lsst.meas.crowdsource.catalog.build_table` with
         ``columns``.
-    columns : `list` [`~lsst.meas.crowdsource.schema.Column`]
-        `~lsst.meas.crowdsource.schema.source_columns` or
-        `~lsst.meas.crowdsource.schema.forced_source_columns`.
+    columns : `list` [`~lsst.meas.crowdsource.catalog.Column`]
+        `~lsst.meas.crowdsource.catalog.source_columns` or
+        `~lsst.meas.crowdsource.catalog.forced_source_columns`.
 
     Returns
     -------

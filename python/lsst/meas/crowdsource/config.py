@@ -1,27 +1,73 @@
-"""Pieces shared by the photometry and forced-photometry tasks."""
+"""Configuration shared by the tasks, and how it maps onto the engine's arguments.
+
+`CrowdsourceFitConfig` is the pex_config view of the engine's
+`~lsst.meas.crowdsource.engine.FitParams` (``n_iter`` -> ``nIter``);
+`CrowdsourceBaseConfig` holds what both tasks share; `engine_arguments` is
+the one place where config values become `~lsst.meas.crowdsource.engine.fit_image`
+arguments.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
+import typing
 
 import lsst.pex.config as pexConfig
 
-from .engine import FitResult
-from .fit_config import CrowdsourceFitConfig
-from .inputs import ExposureInputs
-from .schema import PIXEL_FLAG_PLANES
+from .catalog import PIXEL_FLAG_PLANES
+from .engine import FitParams, InputError
+from .ids import make_ids
+from .io.inputs import ExposureInputs
+from .io.outputs import afw_available
 
-__all__ = ["CrowdsourceBaseConfig", "engine_arguments", "image_output", "make_ids",
-           "afw_available", "afw_catalog", "check_before_fit", "history_metadata"]
+__all__ = ["CrowdsourceBaseConfig", "CrowdsourceFitConfig", "camel_case", "check_before_fit",
+           "engine_arguments"]
 
 
-def afw_available() -> bool:
-    """Whether lsst.afw can be imported here."""
+def camel_case(name: str) -> str:
+    """``snake_case`` -> ``camelCase``."""
+    head, *rest = name.split("_")
+    return head + "".join(w[:1].upper() + w[1:] for w in rest)
+
+
+def _make_fields() -> dict[str, pexConfig.Field]:
+    hints = typing.get_type_hints(FitParams)
+    out = {}
+    for f in dataclasses.fields(FitParams):
+        doc = f.metadata["doc"]
+        hint = hints[f.name]
+        if typing.get_origin(hint) is tuple:
+            out[camel_case(f.name)] = pexConfig.ListField(dtype=int, default=list(f.default),
+                                                          doc=doc)
+        else:
+            out[camel_case(f.name)] = pexConfig.Field(dtype=hint, default=f.default, doc=doc)
+    return out
+
+
+def _to_params(self) -> FitParams:
+    """The engine parameters these config values stand for."""
+    kw = {}
+    for f in dataclasses.fields(FitParams):
+        value = getattr(self, camel_case(f.name))
+        kw[f.name] = tuple(value) if isinstance(f.default, tuple) else value
+    return FitParams(**kw)
+
+
+def _validate(self):
+    pexConfig.Config.validate(self)
     try:
-        import lsst.afw.table  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        self.toParams().validate()
+    except InputError as err:
+        raise pexConfig.FieldValidationError(
+            CrowdsourceFitConfig.nIter, self, str(err)) from None
+
+
+CrowdsourceFitConfig = type(
+    "CrowdsourceFitConfig", (pexConfig.Config,),
+    dict(_make_fields(), toParams=_to_params, validate=_validate,
+         __module__=__name__,
+         __doc__="Parameters of crowdsource's iterative simultaneous fit "
+                 "(see `lsst.meas.crowdsource.engine.FitParams`)."))
 
 
 class CrowdsourceBaseConfig(pexConfig.Config):
@@ -98,31 +144,6 @@ def engine_arguments(inputs: ExposureInputs, config: CrowdsourceBaseConfig) -> d
                 params=config.fit.toParams(), xy0=inputs.xy0)
 
 
-def make_ids(n: int, visit: int | None, detector: int | None, config) -> np.ndarray:
-    """Source IDs: ``((visit * maxDetectors + detector) << sourceIdBits) + i + 1``.
-
-    Without a data ID the IDs are 1..n.
-
-    Raises
-    ------
-    ValueError
-        If the IDs do not fit in 63 bits or a detector has too many sources.
-    """
-    index = np.arange(1, n + 1, dtype=np.int64)
-    if n >= 2 ** config.sourceIdBits:
-        raise ValueError(f"{n} sources do not fit in sourceIdBits={config.sourceIdBits}.")
-    if visit is None or detector is None:
-        return index
-    if not 0 <= detector < config.maxDetectors:
-        raise ValueError(f"Detector {detector} is not below maxDetectors={config.maxDetectors}.")
-    exposure = int(visit) * config.maxDetectors + int(detector)
-    if exposure.bit_length() + config.sourceIdBits > 63:
-        raise ValueError(f"Visit {visit} and detector {detector} do not fit in a 64-bit "
-                         f"source ID with sourceIdBits={config.sourceIdBits}; lower it or "
-                         "maxDetectors.")
-    return (np.int64(exposure) << np.int64(config.sourceIdBits)) + index
-
-
 def check_before_fit(config, visit: int | None, detector: int | None) -> None:
     """Report configuration problems before the (long) fit, not after it.
 
@@ -138,35 +159,3 @@ def check_before_fit(config, visit: int | None, detector: int | None) -> None:
                           "imported here; set config.imageStorageClass='NumpyArray' (and "
                           "doWriteAfwCatalog=False) to run without afw.")
     make_ids(0, visit, detector, config)
-
-
-def afw_catalog(table, columns, config, log):
-    """The afw SourceCatalog of ``table``, or `None` when it is not wanted or afw is absent."""
-    if not config.doWriteAfwCatalog:
-        return None
-    if not afw_available():
-        log.warning("lsst.afw is not available: no SourceCatalog is made "
-                    "(set doWriteAfwCatalog=False to silence this).")
-        return None
-    from .adapters.afw import source_catalog_from_table
-
-    return source_catalog_from_table(table, columns)
-
-
-def image_output(array: np.ndarray, xy0: tuple[int, int], storage_class: str):
-    """An image output in the configured storage class."""
-    if storage_class == "NumpyArray":
-        return np.asarray(array, dtype=np.float32)
-    from .adapters.afw import numpy_to_afw_image
-
-    return numpy_to_afw_image(array, xy0)
-
-
-def history_metadata(metadata, result: FitResult) -> None:
-    """Record per-pass source counts and timings in task metadata."""
-    passes = [h for h in result.history if not h.get("final")]
-    metadata["nSources"] = len(result)
-    metadata["nTiles"] = result.n_tiles
-    metadata["sourcesPerPass"] = [int(h["n_sources"]) for h in passes]
-    metadata["newPeaksPerPass"] = [int(h["n_new"]) for h in passes]
-    metadata["secondsPerPass"] = [float(h["seconds"]) for h in passes]

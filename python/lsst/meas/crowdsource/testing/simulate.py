@@ -8,7 +8,7 @@ read noise, saturated stars with bleed trails and bad columns.  The result,
 a `SimulatedField`, carries the truth catalog and the true PSF everywhere in
 the field (`SimulatedField.psf_at`), so that tests, benchmarks and the demo
 can score a catalog against the truth and against the Cramér-Rao bound (see
-`lsst.meas.crowdsource.evaluation`).
+`lsst.meas.crowdsource.testing.evaluation`).
 
 Only numpy, scipy and astropy are needed.  galsim, when installed, is used to
 draw the realistic PSF (a Kolmogorov atmosphere convolved with an aberrated,
@@ -81,7 +81,7 @@ from astropy.table import Table
 from scipy import fft as sfft
 from scipy import ndimage, optimize
 
-from .ccddata_io import DEFAULT_MASK_PLANES
+from ..io.ccddata import DEFAULT_MASK_PLANES
 
 #: Mask plane name -> bit number, as in a default afw ``Mask``.
 MASK_PLANES: dict[str, int] = dict(DEFAULT_MASK_PLANES)

@@ -32,13 +32,13 @@ it is defined in github lsst/images (``python/lsst/images/``):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from ..engine import InputError
-from ..inputs import ExposureInputs
 from .afw import centred_odd_stamp
+from .inputs import ExposureInputs
 
 __all__ = ["visit_image_inputs", "mask_to_integer"]
 
@@ -187,7 +187,7 @@ def visit_image_inputs(visit_image) -> ExposureInputs:
 
     Returns
     -------
-    inputs : `~lsst.meas.crowdsource.inputs.ExposureInputs`
+    inputs : `~lsst.meas.crowdsource.io.inputs.ExposureInputs`
         - ``image``, ``variance``: ``visit_image.image.array``,
           ``visit_image.variance.array`` (views);
         - ``mask``, ``mask_planes``: the bit-packed mask repacked by

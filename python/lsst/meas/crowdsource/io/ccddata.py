@@ -95,6 +95,7 @@ from __future__ import annotations
 __all__ = [
     "AB_REFERENCE_FLUX_NJY",
     "BitMaskCCDData",
+    "ccddata_inputs",
     "DEFAULT_MASK_PLANES",
     "PHOTCALIB_KEY",
     "PSF_EXTNAME",
@@ -124,8 +125,17 @@ from typing import Any
 import astropy.units as u
 import numpy as np
 from astropy.io import fits
-from astropy.nddata import CCDData, NDUncertainty, VarianceUncertainty
+from astropy.nddata import (
+    CCDData,
+    InverseVariance,
+    NDUncertainty,
+    StdDevUncertainty,
+    VarianceUncertainty,
+)
 from astropy.wcs import WCS, FITSFixedWarning
+
+from ..engine import InputError
+from .inputs import ExposureInputs
 
 _LOG = logging.getLogger(__name__)
 
@@ -1071,3 +1081,77 @@ def _photcalib_from_archive(hdul: fits.HDUList, header: fits.Header, source: str
     except Exception as err:  # best effort only: never fail a read over this
         _LOG.warning("%s: could not read the archived PhotoCalib: %s", source, err)
     return None
+
+
+def ccddata_inputs(ccd) -> ExposureInputs:
+    """`ExposureInputs` from a `~astropy.nddata.CCDData`.
+
+    Conventions (shared with `make_ccddata` and `.calexp_fits`):
+
+    - ``ccd.uncertainty``: `~astropy.nddata.VarianceUncertainty`,
+      `~astropy.nddata.InverseVariance` or `~astropy.nddata.StdDevUncertainty`
+      (required);
+    - ``ccd.mask``: an integer mask whose plane bits are given by
+      ``ccd.meta["MP_<NAME>"]`` (as in afw FITS files), or a boolean mask
+      meaning BAD;
+    - ``ccd.meta["LTV1"]``, ``["LTV2"]``: minus the PARENT origin (afw);
+    - ``ccd.psf``: optional odd, centred PSF stamp;
+    - ``ccd.wcs``: optional astropy WCS (0-based pixel coordinates of the
+      array, so PARENT coordinates minus xy0);
+    - ``ccd.meta["PHOTCALIB"]``: optional nJy per image unit.
+    """
+    image = np.asarray(ccd.data)
+    if image.ndim != 2:
+        raise InputError(f"CCDData must hold a 2-D image; got shape {image.shape}.")
+    unc = ccd.uncertainty
+    if unc is None:
+        raise InputError("CCDData has no uncertainty: give a VarianceUncertainty (or "
+                         "InverseVariance / StdDevUncertainty).")
+    arr = np.asarray(unc.array, dtype=float)
+    if arr.shape != image.shape:
+        raise InputError(f"The uncertainty has shape {arr.shape} but the image has shape "
+                         f"{image.shape}.")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if isinstance(unc, VarianceUncertainty):
+            variance = arr
+        elif isinstance(unc, InverseVariance):
+            variance = np.where(arr > 0, 1.0 / arr, np.inf)
+        elif isinstance(unc, StdDevUncertainty):
+            variance = arr * arr
+        else:
+            raise InputError(f"Unsupported uncertainty type {type(unc).__name__}; use "
+                             "VarianceUncertainty, InverseVariance or StdDevUncertainty.")
+    planes = mask_planes(ccd)
+    raw = None if ccd.mask is None else np.asarray(ccd.mask)
+    if raw is not None and raw.shape != image.shape:
+        raise InputError(f"The mask has shape {raw.shape} but the image has shape "
+                         f"{image.shape}.")
+    if raw is not None and raw.dtype == bool:
+        if set(planes) - {"BAD"}:
+            raise InputError(
+                "The CCDData mask is boolean but its meta names mask planes "
+                f"({', '.join(sorted(planes))}): a plain CCDData turns an integer mask "
+                "into booleans. Build it with lsst.meas.crowdsource.io.ccddata.make_ccddata "
+                "(or read_calexp_fits) to keep the planes, or drop the MP_ keys to mean BAD.")
+        planes = {"BAD": 0}
+        mask = raw.astype(np.int32)
+    else:
+        mask = get_bit_mask(ccd)
+        if not planes and mask.any():
+            raise InputError("The integer mask has no plane names: add MP_<NAME> = bit "
+                             "entries to the meta (e.g. MP_BAD=0, MP_SAT=1), or pass a "
+                             "boolean mask meaning BAD.")
+    x0, y0 = get_xy0(ccd)
+    psf = getattr(ccd, "psf", None)
+    pixel_to_sky = sky_to_pixel = None
+    wcs = ccd.wcs
+    if wcs is not None and wcs.has_celestial:
+        def pixel_to_sky(x, y, _w=wcs, _x0=x0, _y0=y0):
+            ra, dec = _w.all_pix2world(np.asarray(x) - _x0, np.asarray(y) - _y0, 0)
+            return np.asarray(ra), np.asarray(dec)
+
+        def sky_to_pixel(ra, dec, _w=wcs, _x0=x0, _y0=y0):
+            x, y = _w.all_world2pix(np.asarray(ra, float), np.asarray(dec, float), 0)
+            return np.asarray(x) + _x0, np.asarray(y) + _y0
+    return ExposureInputs(image, variance, mask, planes, (x0, y0), psf, pixel_to_sky,
+                          sky_to_pixel, get_photcalib(ccd))

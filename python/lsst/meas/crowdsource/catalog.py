@@ -12,8 +12,8 @@ engine `~lsst.meas.crowdsource.engine.FitResult`; the afw adapter builds the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

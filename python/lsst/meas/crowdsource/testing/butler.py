@@ -1,154 +1,28 @@
-"""Butler plumbing for running meas_crowdsource without an obs package.
+"""Fake-instrument butler records: what an obs package would register, for tests and the demo.
 
-On plain PyPI there is no ``lsst.obs.*`` package to register an instrument,
-its detectors and its visits, and no afw to store an ``ExposureF``.  These
-helpers fill the gap:
-
-- `make_repo` creates a local repository (SQLite registry, file datastore)
-  seeded with ``config/butler/seed.yaml``, which declares the
-  ``CrowdsourceCCDData`` storage class (an `astropy.nddata.CCDData` in the
-  afw calexp FITS layout) and its formatter;
-- `register_visit` inserts the dimension records that a quantum graph over
-  ``(instrument, visit, detector)`` needs: instrument, physical_filter
-  (hence band), detector, day_obs, visit and visit_detector_region (with
-  `lsst.sphgeom` regions);
-- `put_calexp` registers the dataset type if needed and stores an exposure.
-
-Example
--------
->>> butler = make_repo("repo")  # doctest: +SKIP
->>> wcs = register_visit(butler, "SimCam", visit=1, detectors=[0, 1],
-...                      ra=270.0, dec=-30.0)  # doctest: +SKIP
->>> put_calexp(butler, ccd, "sim/calexp", "SimCam", 1, 0)  # doctest: +SKIP
+`register_visit` inserts the dimension records that a quantum graph over
+``(instrument, visit, detector)`` needs when there is no ``lsst.obs.*``
+package: instrument, physical_filter (hence band), detector, day_obs, visit
+and visit_detector_region (with `lsst.sphgeom` regions).  `simple_detector_wcs`
+and `detector_region` give each detector a TAN WCS on a grid and its sky
+region.
 """
 
 from __future__ import annotations
 
-__all__ = [
-    "CALEXP_DIMENSIONS",
-    "STORAGE_CLASS",
-    "config_dir",
-    "detector_region",
-    "make_repo",
-    "put_calexp",
-    "register_visit",
-    "seed_config_path",
-    "simple_detector_wcs",
-]
+__all__ = ["detector_region", "register_visit", "simple_detector_wcs"]
 
 import datetime
 import math
-import os
-import shutil
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import astropy.units as u
 import numpy as np
-from astropy.nddata import CCDData
 from astropy.time import Time
 from astropy.wcs import WCS
-from lsst.daf.butler import Butler, Config, DatasetRef, DatasetType, Timespan
+
+from lsst.daf.butler import Butler, Timespan
 from lsst.sphgeom import ConvexPolygon, LonLat, UnitVector3d
-
-STORAGE_CLASS = "CrowdsourceCCDData"
-"""Storage class of CCDData exposures (declared in ``config/butler/seed.yaml``)."""
-
-CALEXP_DIMENSIONS = ("instrument", "visit", "detector")
-"""Dimensions of the exposure dataset types written by `put_calexp`."""
-
-_ENV_VAR = "MEAS_CROWDSOURCE_DIR"
-
-
-def config_dir() -> Path:
-    """Return the package's top-level ``config/`` directory.
-
-    Returns
-    -------
-    path : `pathlib.Path`
-        ``$MEAS_CROWDSOURCE_DIR/config`` if that variable is set (as
-        ``setup meas_crowdsource`` does), else the ``config/`` directory of
-        the source tree this module was imported from.
-
-    Raises
-    ------
-    FileNotFoundError
-        Raised if the directory does not exist.
-    """
-    env = os.environ.get(_ENV_VAR)
-    if env:
-        path = Path(env) / "config"
-        if not path.is_dir():
-            raise FileNotFoundError(f"${_ENV_VAR} is set to {env!r}, but {path} is not a directory")
-        return path
-    # python/lsst/meas/crowdsource/butler_utils.py -> <package root>/config
-    path = Path(__file__).resolve().parents[4] / "config"
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"cannot find meas_crowdsource's config/ directory (looked for {path}); "
-            f"set ${_ENV_VAR} to the package root (the directory holding config/)"
-        )
-    return path
-
-
-def seed_config_path() -> Path:
-    """Return the path of the butler seed configuration.
-
-    Returns
-    -------
-    path : `pathlib.Path`
-        ``config/butler/seed.yaml``; pass it to ``butler create
-        --seed-config`` to make a repository by hand.
-
-    Raises
-    ------
-    FileNotFoundError
-        Raised if the file is missing.
-    """
-    path = config_dir() / "butler" / "seed.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"butler seed configuration {path} is missing")
-    return path
-
-
-def make_repo(root: str | os.PathLike[str], *, overwrite: bool = False) -> Butler:
-    """Create a local butler repository that knows the CCDData storage class.
-
-    Parameters
-    ----------
-    root : `str` or path-like
-        Directory of the new repository (created if needed).  The registry
-        is an SQLite file and the datastore a file datastore, both in
-        ``root``.
-    overwrite : `bool`, optional
-        If ``root`` already holds a repository (a ``butler.yaml``), delete
-        the whole directory first.  If `False` (default) an existing
-        repository raises.
-
-    Returns
-    -------
-    butler : `lsst.daf.butler.Butler`
-        A writeable Butler on the new repository (no default run or
-        collections).
-
-    Raises
-    ------
-    FileExistsError
-        Raised if ``root`` already holds a repository and ``overwrite`` is
-        `False`.
-    FileNotFoundError
-        Raised if the seed configuration cannot be found.
-    """
-    root_path = Path(root)
-    if (root_path / "butler.yaml").exists():
-        if not overwrite:
-            raise FileExistsError(
-                f"{root_path} already holds a butler repository; pass overwrite=True to replace it"
-            )
-        shutil.rmtree(root_path)
-    seed = Config(str(seed_config_path()))
-    Butler.makeRepo(str(root_path), config=seed)
-    return Butler.from_config(str(root_path), writeable=True)
 
 
 def simple_detector_wcs(
@@ -381,52 +255,6 @@ def register_visit(
                 update=True,
             )
     return dict(detector_wcs)
-
-
-def put_calexp(
-    butler: Butler,
-    ccd: CCDData,
-    run: str,
-    instrument: str,
-    visit: int,
-    detector: int,
-    dataset_type: str = "calexp",
-) -> DatasetRef:
-    """Store an exposure, registering its dataset type and run if needed.
-
-    Parameters
-    ----------
-    butler : `lsst.daf.butler.Butler`
-        Writeable butler on a repository made by `make_repo` (or seeded
-        with ``config/butler/seed.yaml``).
-    ccd : `astropy.nddata.CCDData`
-        Exposure following `lsst.meas.crowdsource.ccddata_io` conventions.
-    run : `str`
-        RUN collection to write to (registered if new).
-    instrument : `str`
-        Instrument name.
-    visit, detector : `int`
-        Data ID; the dimension records must exist (`register_visit`).
-    dataset_type : `str`, optional
-        Dataset type name, with dimensions (instrument, visit, detector)
-        and storage class ``CrowdsourceCCDData``.
-
-    Returns
-    -------
-    ref : `lsst.daf.butler.DatasetRef`
-        The stored dataset.
-
-    Raises
-    ------
-    lsst.daf.butler.registry.ConflictingDefinitionError
-        Raised if ``dataset_type`` is already registered with other
-        dimensions or another storage class (e.g. an afw ``ExposureF``
-        calexp); pick another name.
-    """
-    dtype = DatasetType(dataset_type, CALEXP_DIMENSIONS, STORAGE_CLASS, universe=butler.dimensions)
-    butler.registry.registerDatasetType(dtype)
-    butler.registry.registerRun(run)
-    return butler.put(ccd, dtype, instrument=instrument, visit=int(visit), detector=int(detector), run=run)
 
 
 def _check_size(size: Sequence[int]) -> tuple[int, int]:

@@ -2,13 +2,13 @@
 
 Run it as::
 
-    python -m lsst.meas.crowdsource.demo [--output demo_output] [--quick] [-j 2]
+    python examples/demo.py [--output demo_output] [--quick] [-j 2]
 
 What it does, step by step (each step logs a line; pipetask's own output is
 streamed, prefixed with ``pipetask |``):
 
 1. **Simulate** a visit of a few detectors (default 4 of 512x512 pixels) of a
-   crowded stellar field with `lsst.meas.crowdsource.simulate.simulate_field`:
+   crowded stellar field with `lsst.meas.crowdsource.testing.simulate.simulate_field`:
    one field covering the focal plane, cut into detectors (`simulate_visit`).
    It is the field of the benchmarks (``benchmarks/benchlib.py``; with the
    defaults the 1024x1024 focal plane holds the same random stars as the
@@ -18,7 +18,7 @@ streamed, prefixed with ``pipetask |``):
    stars with bleed trails (saturation 60000 counts) and one bad column per
    detector.  The truth is written to ``<output>/truth.ecsv``.
 2. **Create a butler repository** ``<output>/repo`` (SQLite registry, file
-   datastore; `lsst.meas.crowdsource.butler_utils.make_repo`).  It is
+   datastore; `lsst.meas.crowdsource.io.butler.make_repo`).  It is
    *deleted and re-created on every run*, so a run never sees outputs of an
    earlier one (the whole demo takes about a minute, and re-using outputs
    made with other arguments would silently mix two fields).  Register the
@@ -40,10 +40,10 @@ streamed, prefixed with ``pipetask |``):
    read from the pipeline's connections) in the run ``demo/targets``, and
    ``pipetask run`` writes ``crowdsource_forced_source`` to ``demo/forced``.
 5. **Score** the catalogues against the truth
-   (`lsst.meas.crowdsource.evaluation`, 1 px one-to-one match as in the
+   (`lsst.meas.crowdsource.testing.evaluation`, 1 px one-to-one match as in the
    benchmarks and tests), compute the crowded Cramér-Rao bound on a sample
    of stars, print a summary and write it to ``<output>/summary.json``, and
-   draw the figures (`lsst.meas.crowdsource.plotting`):
+   draw the figures (`lsst.meas.crowdsource.testing.plotting`):
    ``detections.png``, ``residual.png``, ``completeness.png``,
    ``flux_error.png`` and ``forced.png``.
 
@@ -157,7 +157,7 @@ class _Progress:
 
 def package_root() -> Path:
     """The package's top directory (holding ``pipelines/`` and ``config/``)."""
-    from .butler_utils import config_dir
+    from lsst.meas.crowdsource.io.butler import config_dir
 
     return config_dir().parent
 
@@ -231,7 +231,7 @@ class DetectorField:
 
     Pixel coordinates are the detector's own (``xy0 = (0, 0)``), as in a
     calexp; ``offset`` is the detector's corner in the focal-plane mosaic.
-    Has what the demo uses of a `~lsst.meas.crowdsource.simulate.SimulatedField`.
+    Has what the demo uses of a `~lsst.meas.crowdsource.testing.simulate.SimulatedField`.
     """
 
     detector: int
@@ -287,7 +287,7 @@ def simulate_visit(settings: DemoSettings, progress: _Progress) -> dict[int, Det
     then gets one bad column of its own (garbage values, flagged BAD, as
     `simulate_field` makes them).
     """
-    from .simulate import simulate_field
+    from lsst.meas.crowdsource.testing.simulate import simulate_field
 
     n = settings.n_detectors
     w = h = settings.size
@@ -360,8 +360,9 @@ def truth_table(fields: dict[int, DetectorField], wcs: dict[int, Any]) -> Table:
 
 def make_demo_repo(repo: Path, fields: dict[int, Any], settings: DemoSettings, progress: _Progress):
     """Create the repository (deleting an earlier demo repo) and put the calexps."""
-    from .butler_utils import make_repo, put_calexp, register_visit
-    from .ccddata_io import make_ccddata
+    from lsst.meas.crowdsource.io.butler import make_repo, put_calexp
+    from lsst.meas.crowdsource.io.ccddata import make_ccddata
+    from lsst.meas.crowdsource.testing.butler import register_visit
 
     if repo.exists():
         if not ((repo / "butler.yaml").exists() or not any(repo.iterdir())):
@@ -542,7 +543,7 @@ def run_forced(repo: Path, butler, fields, wcs, catalogs, settings: DemoSettings
 
 def _snr_mag_functions(field: DetectorField) -> tuple[Callable, Callable]:
     """S/N <-> AB mag of an isolated star on the mean sky with the PSF at the detector centre."""
-    from .simulate import snr_for_flux
+    from lsst.meas.crowdsource.testing.simulate import snr_for_flux
 
     flux = np.geomspace(1.0, 1e9, 400)
     snr = snr_for_flux(flux, field.psf_stamp, field.sky_level, field.gain, field.read_noise)
@@ -561,7 +562,7 @@ def _snr_mag_functions(field: DetectorField) -> tuple[Callable, Callable]:
 
 def read_outputs(butler, fields) -> dict[int, dict[str, Any]]:
     """The photometry outputs of every detector: catalogue, model, sky, PSF FWHM."""
-    from .engine.psf_io import psf_from_dict
+    from lsst.meas.crowdsource.engine.psf_io import psf_from_dict
 
     out = {}
     for det, f in fields.items():
@@ -584,7 +585,11 @@ def read_outputs(butler, fields) -> dict[int, dict[str, Any]]:
 def evaluate(outputs: dict[int, dict[str, Any]], fields: dict[int, DetectorField], settings: DemoSettings,
              progress: _Progress) -> dict[str, Any]:
     """Score the photometry outputs against the truth and the Cramér-Rao bound."""
-    from .evaluation import crowded_crb_flux_error, robust_scatter, score_catalog
+    from lsst.meas.crowdsource.testing.evaluation import (
+        crowded_crb_flux_error,
+        robust_scatter,
+        score_catalog,
+    )
 
     per_det = []
     agg: dict[str, list[np.ndarray]] = {k: [] for k in (
@@ -668,7 +673,7 @@ def evaluate(outputs: dict[int, dict[str, Any]], fields: dict[int, DetectorField
 
 def evaluate_forced(butler, targets: Table, fields) -> dict[str, Any]:
     """Forced fluxes at off-source positions (pulls) and at faint stars (vs truth)."""
-    from .evaluation import robust_scatter
+    from lsst.meas.crowdsource.testing.evaluation import robust_scatter
 
     by_id = {int(o): i for i, o in enumerate(targets["objectId"])}
     flux = np.full(len(targets), np.nan)
@@ -712,8 +717,8 @@ def evaluate_forced(butler, targets: Table, fields) -> dict[str, Any]:
 def make_figures(output: Path, fields: dict[int, DetectorField], outputs: dict[int, dict[str, Any]],
                  score: dict[str, Any], forced: dict[str, Any] | None, progress: _Progress) -> dict[str, str]:
     """Write the PNGs; return ``{name: path}``."""
-    from . import plotting
-    from .evaluation import match_to_truth
+    from lsst.meas.crowdsource.testing import plotting
+    from lsst.meas.crowdsource.testing.evaluation import match_to_truth
 
     det = min(fields)
     f = fields[det]
@@ -936,9 +941,9 @@ def run_demo(output: str | os.PathLike[str] = "demo_output", settings: DemoSetti
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (``python -m lsst.meas.crowdsource.demo``)."""
+    """Command-line entry point (``python examples/demo.py``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m lsst.meas.crowdsource.demo",
+        prog="python examples/demo.py",
         description="Simulate a crowded visit, run the crowdsource pipelines on a local butler "
                     "repository with pipetask, and score the outputs against the truth.")
     parser.add_argument("--output", "-o", default="demo_output",

@@ -1,0 +1,41 @@
+"""Task outputs in the configured storage classes: the afw catalogue and the images.
+
+Imports ``lsst.afw`` (through `.afw`) only when an afw output is asked for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["afw_available", "afw_catalog", "image_output"]
+
+
+def afw_available() -> bool:
+    """Whether lsst.afw can be imported here."""
+    try:
+        import lsst.afw.table  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def afw_catalog(table, columns, config, log):
+    """The afw SourceCatalog of ``table``, or `None` when it is not wanted or afw is absent."""
+    if not config.doWriteAfwCatalog:
+        return None
+    if not afw_available():
+        log.warning("lsst.afw is not available: no SourceCatalog is made "
+                    "(set doWriteAfwCatalog=False to silence this).")
+        return None
+    from .afw import source_catalog_from_table
+
+    return source_catalog_from_table(table, columns)
+
+
+def image_output(array: np.ndarray, xy0: tuple[int, int], storage_class: str):
+    """An image output in the configured storage class."""
+    if storage_class == "NumpyArray":
+        return np.asarray(array, dtype=np.float32)
+    from .afw import numpy_to_afw_image
+
+    return numpy_to_afw_image(array, xy0)
