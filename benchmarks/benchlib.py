@@ -37,8 +37,25 @@ PSF_STAMP_SIZE = 59
 #: ones the targets talk about).
 SNR_BINS = (0.0, 3.0, 5.0, 10.0, 30.0, 100.0, 300.0, 1000.0, np.inf)
 #: Finer bins for the figure.
-FIG_SNR_BINS = (2.0, 3.0, 4.0, 5.0, 6.5, 8.0, 10.0, 14.0, 20.0, 30.0, 50.0, 100.0, 200.0,
-                500.0, 1000.0, 3000.0, np.inf)
+FIG_SNR_BINS = (
+    2.0,
+    3.0,
+    4.0,
+    5.0,
+    6.5,
+    8.0,
+    10.0,
+    14.0,
+    20.0,
+    30.0,
+    50.0,
+    100.0,
+    200.0,
+    500.0,
+    1000.0,
+    3000.0,
+    np.inf,
+)
 
 
 # --------------------------------------------------------------------------
@@ -68,8 +85,9 @@ def field_key(size: int, density: float, seed: int) -> str:
     return f"n{size}_d{density:g}_s{seed}_galsim_sat{SATURATION:g}_bad1"
 
 
-def simulated_field(size: int, density: float, seed: int, cache_dir: Path = DEFAULT_CACHE,
-                    verbose: bool = True) -> CachedField:
+def simulated_field(
+    size: int, density: float, seed: int, cache_dir: Path = DEFAULT_CACHE, verbose: bool = True
+) -> CachedField:
     """The benchmark field of one size: galsim PSF (varying, with coma), sky
     gradient, saturated stars with bleed trails, one bad column.
 
@@ -92,15 +110,23 @@ def simulated_field(size: int, density: float, seed: int, cache_dir: Path = DEFA
         if verbose:
             print(f"[sim] loaded cached {key}", flush=True)
         return CachedField(fld, npz, key, float("nan"))
-    fld = simulate_field((size, size), density=density, seed=seed, psf="galsim",
-                         saturation=SATURATION, bad_columns=1)
+    fld = simulate_field(
+        (size, size), density=density, seed=seed, psf="galsim", saturation=SATURATION, bad_columns=1
+    )
     dt = time.perf_counter() - t0
     ny, nx = fld.shape
     cx, cy = fld.xy0[0] + (nx - 1) // 2, fld.xy0[1] + (ny - 1) // 2
     psf = np.asarray(fld.psf_at(float(cx), float(cy), size=PSF_STAMP_SIZE), dtype=np.float64)
-    np.savez(npz, image=fld.image, variance=fld.variance, mask=fld.mask, psf=psf,
-             bad_bit=fld.mask_planes["BAD"], sat_bit=fld.mask_planes["SAT"],
-             xy0=np.asarray(fld.xy0))
+    np.savez(
+        npz,
+        image=fld.image,
+        variance=fld.variance,
+        mask=fld.mask,
+        psf=psf,
+        bad_bit=fld.mask_planes["BAD"],
+        sat_bit=fld.mask_planes["SAT"],
+        xy0=np.asarray(fld.xy0),
+    )
     with open(pkl, "wb") as fh:
         pickle.dump(fld, fh, protocol=pickle.HIGHEST_PROTOCOL)
     if verbose:
@@ -130,8 +156,9 @@ def _tree_rss(proc) -> int:
     return total
 
 
-def run_measured(cmd: list[str], log_path: Path | None = None, env: dict | None = None,
-                 poll: float = 0.1) -> dict[str, Any]:
+def run_measured(
+    cmd: list[str], log_path: Path | None = None, env: dict | None = None, poll: float = 0.1
+) -> dict[str, Any]:
     """Run ``cmd``; return its exit code, wall time and peak memory.
 
     ``tree_peak_rss_mib``: the largest *sum* of RSS over the child and all
@@ -175,21 +202,41 @@ def run_measured(cmd: list[str], log_path: Path | None = None, env: dict | None 
     }
 
 
-def run_engine(npz: Path, out: Path, psf: str = "true", n_processes: int = 1,
-               log_path: Path | None = None, extra: list[str] | None = None) -> dict[str, Any]:
+def run_engine(
+    npz: Path,
+    out: Path,
+    psf: str = "true",
+    n_processes: int = 1,
+    log_path: Path | None = None,
+    extra: list[str] | None = None,
+) -> dict[str, Any]:
     """Fit with our engine in a fresh process (this interpreter)."""
-    cmd = [sys.executable, str(HERE / "run_engine.py"), str(npz), str(out), "--psf", psf,
-           "--n-processes", str(n_processes)] + list(extra or [])
+    cmd = [
+        sys.executable,
+        str(HERE / "run_engine.py"),
+        str(npz),
+        str(out),
+        "--psf",
+        psf,
+        "--n-processes",
+        str(n_processes),
+    ] + list(extra or [])
     meas = run_measured(cmd, log_path)
     return _merge_runner_info(meas, out, log_path)
 
 
-def run_crowdsource(npz: Path, out: Path, python: str = DEFAULT_CS_PYTHON, psf: str = "true",
-                    log_path: Path | None = None, extra: list[str] | None = None
-                    ) -> dict[str, Any]:
+def run_crowdsource(
+    npz: Path,
+    out: Path,
+    python: str = DEFAULT_CS_PYTHON,
+    psf: str = "true",
+    log_path: Path | None = None,
+    extra: list[str] | None = None,
+) -> dict[str, Any]:
     """Fit with crowdsourcephoto in a fresh process of its own environment."""
-    cmd = [python, str(HERE / "run_crowdsource.py"), str(npz), str(out), "--psf", psf] \
-        + list(extra or [])
+    cmd = [python, str(HERE / "run_crowdsource.py"), str(npz), str(out), "--psf", psf] + list(
+        extra or []
+    )
     meas = run_measured(cmd, log_path)
     return _merge_runner_info(meas, out, log_path)
 
@@ -218,8 +265,9 @@ def load_catalog(path: Path) -> dict[str, np.ndarray]:
 def _table_to_rows(tab) -> list[dict[str, float]]:
     rows = []
     for r in tab:
-        rows.append({c: (float(r[c]) if np.ndim(r[c]) == 0 else r[c].tolist())
-                     for c in tab.colnames})
+        rows.append(
+            {c: (float(r[c]) if np.ndim(r[c]) == 0 else r[c].tolist()) for c in tab.colnames}
+        )
     return rows
 
 
@@ -267,14 +315,22 @@ def crb_table(fld, sample=None, seed: int = 0):
 
     t0 = time.perf_counter()
     bad = (fld.mask & fld.mask_bits("BAD", "SAT")) != 0
-    tab = crowded_crb_flux_error(fld.truth, partial(fld.psf_at, subpixel=True), fld.variance,
-                                 sample=sample, xy0=fld.xy0, mask=bad, seed=seed)
+    tab = crowded_crb_flux_error(
+        fld.truth,
+        partial(fld.psf_at, subpixel=True),
+        fld.variance,
+        sample=sample,
+        xy0=fld.xy0,
+        mask=bad,
+        seed=seed,
+    )
     idx = np.asarray(tab["index"])
     t = fld.truth
     stamps = fld.psf_at(np.asarray(t["x"])[idx], np.asarray(t["y"])[idx])
-    var0 = np.asarray(t["sky"])[idx] / fld.gain + fld.read_noise ** 2
-    tab["sigma_iso"] = isolated_crb_flux_error(stamps, var0, np.asarray(t["flux"])[idx],
-                                               gain=fld.gain)
+    var0 = np.asarray(t["sky"])[idx] / fld.gain + fld.read_noise**2
+    tab["sigma_iso"] = isolated_crb_flux_error(
+        stamps, var0, np.asarray(t["flux"])[idx], gain=fld.gain
+    )
     tab.meta["seconds"] = time.perf_counter() - t0
     return tab
 
@@ -313,10 +369,11 @@ def score(cat: dict[str, np.ndarray], fld, crb, radius: float = 1.0) -> dict[str
     dy = y[det[sel]] - np.asarray(t["y"])[sel]
     bright = {
         "n": int(sel.sum()),
-        "rms_x": float(np.sqrt(np.mean(dx ** 2))) if sel.any() else float("nan"),
-        "rms_y": float(np.sqrt(np.mean(dy ** 2))) if sel.any() else float("nan"),
-        "rms_r": float(np.sqrt(np.mean(dx ** 2 + dy ** 2))) if sel.any() else float("nan"),
-        "robust_x": robust_scatter(dx), "robust_y": robust_scatter(dy),
+        "rms_x": float(np.sqrt(np.mean(dx**2))) if sel.any() else float("nan"),
+        "rms_y": float(np.sqrt(np.mean(dy**2))) if sel.any() else float("nan"),
+        "rms_r": float(np.sqrt(np.mean(dx**2 + dy**2))) if sel.any() else float("nan"),
+        "robust_x": robust_scatter(dx),
+        "robust_y": robust_scatter(dy),
         "median_dx": float(np.median(dx)) if sel.any() else float("nan"),
         "median_dy": float(np.median(dy)) if sel.any() else float("nan"),
     }
@@ -339,23 +396,34 @@ def score(cat: dict[str, np.ndarray], fld, crb, radius: float = 1.0) -> dict[str
         for lo, hi in zip(edges[:-1], edges[1:]):
             s = ok & (csnr >= lo) & (csnr < hi)
             ins = (csnr >= lo) & (csnr < hi) & ~sat[ci]
-            rows.append({
-                "snr_lo": float(lo), "snr_hi": float(hi), "n": int(s.sum()),
-                "scatter_over_crowded_crb": robust_scatter(z_crowd[s]),
-                "scatter_over_isolated_crb": robust_scatter(z_iso[s]),
-                "median_reported_err_over_crowded_crb": float(np.nanmedian(ratio_err[s]))
-                if np.isfinite(ratio_err[s]).any() else float("nan"),
-                "median_crowded_over_isolated_crb": float(np.median(
-                    np.asarray(crb["sigma_flux"])[ins] / np.asarray(crb["sigma_iso"])[ins]))
-                if ins.any() else float("nan"),
-            })
+            rows.append(
+                {
+                    "snr_lo": float(lo),
+                    "snr_hi": float(hi),
+                    "n": int(s.sum()),
+                    "scatter_over_crowded_crb": robust_scatter(z_crowd[s]),
+                    "scatter_over_isolated_crb": robust_scatter(z_iso[s]),
+                    "median_reported_err_over_crowded_crb": float(np.nanmedian(ratio_err[s]))
+                    if np.isfinite(ratio_err[s]).any()
+                    else float("nan"),
+                    "median_crowded_over_isolated_crb": float(
+                        np.median(
+                            np.asarray(crb["sigma_flux"])[ins] / np.asarray(crb["sigma_iso"])[ins]
+                        )
+                    )
+                    if ins.any()
+                    else float("nan"),
+                }
+            )
         return rows
 
     fig_comp = score_catalog(x, y, f, err, t, radius=radius, snr_bins=FIG_SNR_BINS)["bins"]
     return {
         "bins": _table_to_rows(res["bins"]),
-        "summary": {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer))
-                        else v) for k, v in res["summary"].items()},
+        "summary": {
+            k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
+            for k, v in res["summary"].items()
+        },
         "completeness_5_30": float(mid["completeness"]),
         "bright_positions": bright,
         "crb_bins": crb_rows(SNR_BINS),
@@ -368,8 +436,11 @@ def machine_info() -> dict[str, Any]:
     import psutil
 
     try:
-        model = next(line.split(":", 1)[1].strip() for line in
-                     open("/proc/cpuinfo") if line.startswith("model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         model = platform.processor()
     return {
@@ -391,23 +462,33 @@ def git_state() -> dict[str, Any]:
 
     def git(*a):
         try:
-            return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True,
-                                  timeout=20).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(root), *a], capture_output=True, text=True, timeout=20
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    dirty = git("status", "--short", "--", "python/lsst/meas/crowdsource/engine",
-                "python/lsst/meas/crowdsource/simulate.py",
-                "python/lsst/meas/crowdsource/evaluation.py")
+    dirty = git(
+        "status",
+        "--short",
+        "--",
+        "python/lsst/meas/crowdsource/engine",
+        "python/lsst/meas/crowdsource/simulate.py",
+        "python/lsst/meas/crowdsource/evaluation.py",
+    )
     diff_hash = ""
     if dirty:
         import hashlib
 
-        diff_hash = hashlib.sha1(git("diff", "--", "python/lsst/meas/crowdsource").encode()
-                                 ).hexdigest()[:10]
-    return {"git_commit": git("rev-parse", "--short", "HEAD"),
-            "git_subject": git("log", "-1", "--format=%s"),
-            "engine_uncommitted": dirty.splitlines(), "uncommitted_diff_sha1": diff_hash}
+        diff_hash = hashlib.sha1(
+            git("diff", "--", "python/lsst/meas/crowdsource").encode()
+        ).hexdigest()[:10]
+    return {
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "git_subject": git("log", "-1", "--format=%s"),
+        "engine_uncommitted": dirty.splitlines(),
+        "uncommitted_diff_sha1": diff_hash,
+    }
 
 
 def other_load() -> list[str]:

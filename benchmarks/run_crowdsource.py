@@ -80,14 +80,14 @@ def _vmhwm_mib():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("field")
     ap.add_argument("out")
     ap.add_argument("--psf", choices=("true", "moffat"), default="true")
     ap.add_argument("--moffat-fwhm", type=float, default=3.5)
-    ap.add_argument("--ntile", type=int, default=1,
-                    help="ntilex = ntiley (fit_im default 1)")
+    ap.add_argument("--ntile", type=int, default=1, help="ntilex = ntiley (fit_im default 1)")
     args = ap.parse_args()
 
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -104,15 +104,19 @@ def main():
         x0, y0 = (int(v) for v in d["xy0"])
     flagged = (mask & ((1 << bad_bit) | (1 << sat_bit))) != 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        weight = np.where(np.isfinite(variance) & (variance > 0) & ~flagged
-                          & np.isfinite(image), 1.0 / np.sqrt(variance), 0.0).astype(np.float32)
+        weight = np.where(
+            np.isfinite(variance) & (variance > 0) & ~flagged & np.isfinite(image),
+            1.0 / np.sqrt(variance),
+            0.0,
+        ).astype(np.float32)
     image = np.where(np.isfinite(image), image, 0.0).astype(np.float32)
     del variance, flagged
     if args.psf == "true":
         psf = psfmod.SimplePSF(stamp.copy())
     else:
-        psf = psfmod.SimplePSF(psfmod.moffat_psf(args.moffat_fwhm, beta=2.5, stampsz=59,
-                                                 deriv=False))
+        psf = psfmod.SimplePSF(
+            psfmod.moffat_psf(args.moffat_fwhm, beta=2.5, stampsz=59, deriv=False)
+        )
     rss_before = _vmhwm_mib()
 
     tee = _Tee(sys.stdout)
@@ -120,22 +124,40 @@ def main():
         warnings.simplefilter("always")
         t0 = time.perf_counter()
         cpu0 = time.process_time()
-        cat, model, sky, psf_out = cb.fit_im(image, psf, weight=weight, dq=mask,
-                                             refit_psf=True, verbose=True,
-                                             ntilex=args.ntile, ntiley=args.ntile)
+        cat, model, sky, psf_out = cb.fit_im(
+            image,
+            psf,
+            weight=weight,
+            dq=mask,
+            refit_psf=True,
+            verbose=True,
+            ntilex=args.ntile,
+            ntiley=args.ntile,
+        )
         fit_seconds = time.perf_counter() - t0
         cpu_seconds = time.process_time() - cpu0
 
     printed = "".join(tee.buf).splitlines()
     cols = {
-        "x": cat["y"].astype(np.float64) + x0,   # column
-        "y": cat["x"].astype(np.float64) + y0,   # row
+        "x": cat["y"].astype(np.float64) + x0,  # column
+        "y": cat["x"].astype(np.float64) + y0,  # row
         "flux": cat["flux"].astype(np.float64),
         "flux_err": cat["dflux"].astype(np.float64),
         "pass_found": cat["passno"].astype(np.int32),
     }
-    for name in ("qf", "rchi2", "fracflux", "fluxlbs", "dfluxlbs", "fluxiso", "fwhm",
-                 "spread_model", "dspread_model", "sky", "flags"):
+    for name in (
+        "qf",
+        "rchi2",
+        "fracflux",
+        "fluxlbs",
+        "dfluxlbs",
+        "fluxiso",
+        "fwhm",
+        "spread_model",
+        "dspread_model",
+        "sky",
+        "flags",
+    ):
         if name in cat.dtype.names:
             cols["cs_" + name] = np.asarray(cat[name])
     # Position errors: crowdsource's dx is along its x (= our y).

@@ -51,14 +51,19 @@ def _vmhwm_mib():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("field")
     ap.add_argument("out")
     ap.add_argument("--psf", choices=("true", "none"), default="true")
     ap.add_argument("--n-processes", type=int, default=1)
-    ap.add_argument("--param", action="append", default=[],
-                    help="extra FitParams override NAME=VALUE (python literal)")
+    ap.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        help="extra FitParams override NAME=VALUE (python literal)",
+    )
     args = ap.parse_args()
 
     from lsst.meas.crowdsource.engine import FitParams, fit_image
@@ -93,8 +98,7 @@ def main():
         warnings.simplefilter("always")
         t0 = time.perf_counter()
         cpu0 = time.process_time()
-        result = fit_image(image, variance, bad=bad, saturated=sat, psf=psf, params=params,
-                           xy0=xy0)
+        result = fit_image(image, variance, bad=bad, saturated=sat, psf=psf, params=params, xy0=xy0)
         fit_seconds = time.perf_counter() - t0
         cpu_seconds = time.process_time() - cpu0
     cols = {k: np.asarray(v) for k, v in result.columns.items()}
@@ -102,16 +106,17 @@ def main():
         "code": "lsst.meas.crowdsource.engine",
         "psf": args.psf,
         "n_processes": args.n_processes,
-        "params": {k: (list(v) if isinstance(v, tuple) else v)
-                   for k, v in vars(params).items()},
+        "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(params).items()},
         "fit_seconds": fit_seconds,
         "fit_cpu_seconds_main": cpu_seconds,
         "n_sources": int(len(cols["x"])),
         "n_tiles": int(result.n_tiles),
         "vmhwm_before_fit_mib": rss_before,
         "vmhwm_mib": _vmhwm_mib(),
-        "history": [{k: (float(v) if isinstance(v, (np.floating, float)) else v)
-                     for k, v in h.items()} for h in result.history],
+        "history": [
+            {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in h.items()}
+            for h in result.history
+        ],
         "logged_warnings": handler.warnings,
         "python_warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
         "final_psf_fwhm": float(result.psf.fwhm()),

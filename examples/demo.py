@@ -123,8 +123,14 @@ class DemoSettings:
     @classmethod
     def quick(cls) -> DemoSettings:
         """The reduced run of ``--quick`` (and of the tests)."""
-        return cls(n_detectors=2, size=192, n_saturated=2, crb_sample=80, n_faint_targets=60,
-                   n_off_targets=60)
+        return cls(
+            n_detectors=2,
+            size=192,
+            n_saturated=2,
+            crb_sample=80,
+            n_faint_targets=60,
+            n_off_targets=60,
+        )
 
 
 class _Progress:
@@ -138,7 +144,9 @@ class _Progress:
         self._step: str | None = None
 
     def __call__(self, message: str) -> None:
-        print(f"[demo {time.perf_counter() - self.t0:6.1f}s] {message}", file=self.stream, flush=True)
+        print(
+            f"[demo {time.perf_counter() - self.t0:6.1f}s] {message}", file=self.stream, flush=True
+        )
 
     def step(self, name: str, message: str) -> None:
         self.end_step()
@@ -190,7 +198,9 @@ def _pipetask_executable() -> str:
     return found
 
 
-def run_pipetask(args: list[str], log_path: Path, progress: _Progress, prefix: str = "pipetask | ") -> None:
+def run_pipetask(
+    args: list[str], log_path: Path, progress: _Progress, prefix: str = "pipetask | "
+) -> None:
     """Run ``pipetask`` with ``args``, streaming its output and saving it to ``log_path``.
 
     Raises
@@ -204,9 +214,12 @@ def run_pipetask(args: list[str], log_path: Path, progress: _Progress, prefix: s
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: list[str] = []
-    with open(log_path, "w") as log, subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
-    ) as proc:
+    with (
+        open(log_path, "w") as log,
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+        ) as proc,
+    ):
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
@@ -214,10 +227,10 @@ def run_pipetask(args: list[str], log_path: Path, progress: _Progress, prefix: s
             tail = (tail + [line.rstrip("\n")])[-40:]
         code = proc.wait()
     if code != 0:
-        raise RuntimeError(f"pipetask failed with exit code {code} (full output in {log_path}):\n"
-                           + "\n".join(tail))
-
-
+        raise RuntimeError(
+            f"pipetask failed with exit code {code} (full output in {log_path}):\n"
+            + "\n".join(tail)
+        )
 
 
 # --------------------------------------------------------------------------
@@ -271,8 +284,12 @@ class DetectorField:
 
     def psf_at(self, x, y, *, size: int | None = None, subpixel: bool = False) -> np.ndarray:
         """True PSF at detector pixel position(s) ``(x, y)`` (see `SimulatedField.psf_at`)."""
-        return self.mosaic.psf_at(np.asarray(x, float) + self.offset[0],
-                                  np.asarray(y, float) + self.offset[1], size=size, subpixel=subpixel)
+        return self.mosaic.psf_at(
+            np.asarray(x, float) + self.offset[0],
+            np.asarray(y, float) + self.offset[1],
+            size=size,
+            subpixel=subpixel,
+        )
 
 
 def simulate_visit(settings: DemoSettings, progress: _Progress) -> dict[int, DetectorField]:
@@ -294,11 +311,19 @@ def simulate_visit(settings: DemoSettings, progress: _Progress) -> dict[int, Det
     n_col = math.ceil(math.sqrt(n))
     n_row = math.ceil(n / n_col)
     t0 = time.perf_counter()
-    mosaic = simulate_field((n_row * h, n_col * w), density=settings.density, seed=settings.seed,
-                            psf="galsim", saturation=SATURATION, n_saturated=settings.n_saturated * n,
-                            bad_columns=0)
-    progress(f"simulated a {n_col * w}x{n_row * h} px focal plane: {len(mosaic.truth)} stars, "
-             f"galsim PSF FWHM {mosaic.meta['fwhm']:g} px at the centre [{time.perf_counter() - t0:.1f} s]")
+    mosaic = simulate_field(
+        (n_row * h, n_col * w),
+        density=settings.density,
+        seed=settings.seed,
+        psf="galsim",
+        saturation=SATURATION,
+        n_saturated=settings.n_saturated * n,
+        bad_columns=0,
+    )
+    progress(
+        f"simulated a {n_col * w}x{n_row * h} px focal plane: {len(mosaic.truth)} stars, "
+        f"galsim PSF FWHM {mosaic.meta['fwhm']:g} px at the centre [{time.perf_counter() - t0:.1f} s]"
+    )
     rng = np.random.default_rng(settings.seed + 12345)
     bad_bit = 1 << mosaic.mask_planes["BAD"]
     t = mosaic.truth
@@ -313,23 +338,40 @@ def simulate_visit(settings: DemoSettings, progress: _Progress) -> dict[int, Det
         bad_col = int(rng.integers(10, w - 10))
         image[:, bad_col] = rng.uniform(0.0, 5.0 * max(mosaic.meta["sky"], 1.0), h)
         mask[:, bad_col] |= bad_bit
-        near = ((tx >= ox - 0.5 - margin) & (tx < ox + w - 0.5 + margin)
-                & (ty >= oy - 0.5 - margin) & (ty < oy + h - 0.5 + margin))
+        near = (
+            (tx >= ox - 0.5 - margin)
+            & (tx < ox + w - 0.5 + margin)
+            & (ty >= oy - 0.5 - margin)
+            & (ty < oy + h - 0.5 + margin)
+        )
         truth = t[near]
         truth["x"] = truth["x"] - ox
         truth["y"] = truth["y"] - oy
         x, y = np.asarray(truth["x"]), np.asarray(truth["y"])
         truth["in_image"] = (x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)
         truth.meta.clear()
-        f = DetectorField(detector=det, image=image, variance=mosaic.variance[sl].copy(), mask=mask,
-                          sky=mosaic.sky[sl].copy(), truth=truth, offset=(ox, oy), mosaic=mosaic,
-                          bad_column=bad_col, psf_stamp=np.empty(0))
-        f.psf_stamp = np.asarray(f.psf_at(float((w - 1) // 2), float((h - 1) // 2), size=PSF_STAMP_SIZE),
-                                 dtype=np.float64)
+        f = DetectorField(
+            detector=det,
+            image=image,
+            variance=mosaic.variance[sl].copy(),
+            mask=mask,
+            sky=mosaic.sky[sl].copy(),
+            truth=truth,
+            offset=(ox, oy),
+            mosaic=mosaic,
+            bad_column=bad_col,
+            psf_stamp=np.empty(0),
+        )
+        f.psf_stamp = np.asarray(
+            f.psf_at(float((w - 1) // 2), float((h - 1) // 2), size=PSF_STAMP_SIZE),
+            dtype=np.float64,
+        )
         inside = np.asarray(truth["in_image"], bool)
-        progress(f"detector {det}: {w}x{h} px, {int(inside.sum())} stars "
-                 f"({int(np.sum(inside & (np.asarray(truth['snr']) >= 5)))} with S/N >= 5, "
-                 f"{int(np.sum(inside & np.asarray(truth['saturated'])))} saturated), bad column x={bad_col}")
+        progress(
+            f"detector {det}: {w}x{h} px, {int(inside.sum())} stars "
+            f"({int(np.sum(inside & (np.asarray(truth['snr']) >= 5)))} with S/N >= 5, "
+            f"{int(np.sum(inside & np.asarray(truth['saturated'])))} saturated), bad column x={bad_col}"
+        )
         fields[det] = f
     return fields
 
@@ -366,18 +408,36 @@ def make_demo_repo(repo: Path, fields: dict[int, Any], settings: DemoSettings, p
 
     if repo.exists():
         if not ((repo / "butler.yaml").exists() or not any(repo.iterdir())):
-            raise FileExistsError(f"{repo} exists and is not a butler repository; "
-                                  "refusing to delete it (choose another --output)")
+            raise FileExistsError(
+                f"{repo} exists and is not a butler repository; "
+                "refusing to delete it (choose another --output)"
+            )
         progress(f"deleting the previous demo repository {_display(repo)}")
         shutil.rmtree(repo)
     butler = make_repo(repo)
-    wcs = register_visit(butler, INSTRUMENT, visit=VISIT, detectors=sorted(fields), band="r",
-                         ra=RA, dec=DEC, detector_size=(settings.size, settings.size),
-                         pixel_scale=PIXEL_SCALE)
+    wcs = register_visit(
+        butler,
+        INSTRUMENT,
+        visit=VISIT,
+        detectors=sorted(fields),
+        band="r",
+        ra=RA,
+        dec=DEC,
+        detector_size=(settings.size, settings.size),
+        pixel_scale=PIXEL_SCALE,
+    )
     progress(f"registered instrument {INSTRUMENT!r}, visit {VISIT}, detectors {sorted(fields)}")
     for det, f in fields.items():
-        ccd = make_ccddata(f.image, f.variance, mask=f.mask, mask_planes=f.mask_planes, wcs=wcs[det],
-                           psf=f.psf_stamp, xy0=f.xy0, photcalib=NJY_PER_COUNT)
+        ccd = make_ccddata(
+            f.image,
+            f.variance,
+            mask=f.mask,
+            mask_planes=f.mask_planes,
+            wcs=wcs[det],
+            psf=f.psf_stamp,
+            xy0=f.xy0,
+            photcalib=NJY_PER_COUNT,
+        )
         put_calexp(butler, ccd, CALEXP_RUN, INSTRUMENT, VISIT, det)
     progress(f"put {len(fields)} calexps (CrowdsourceCCDData) in run {CALEXP_RUN!r}")
     return butler, wcs
@@ -402,8 +462,12 @@ def _reference_dataset(pipeline: Path, butler) -> tuple[str, str, tuple[str, ...
     return None
 
 
-def forced_targets(fields: dict[int, DetectorField], wcs: dict[int, Any], catalogs: dict[int, Table],
-                   settings: DemoSettings) -> Table:
+def forced_targets(
+    fields: dict[int, DetectorField],
+    wcs: dict[int, Any],
+    catalogs: dict[int, Table],
+    settings: DemoSettings,
+) -> Table:
     """Target list: true positions of sub-threshold stars and random off-source positions.
 
     Parameters
@@ -448,28 +512,38 @@ def forced_targets(fields: dict[int, DetectorField], wcs: dict[int, Any], catalo
             return ok & ~sat_near[iy, ix]
 
         faint = np.flatnonzero(usable(tx, ty) & (snr >= FAINT_SNR[0]) & (snr < FAINT_SNR[1]))
-        faint = np.sort(rng.choice(faint, size=min(settings.n_faint_targets, len(faint)), replace=False))
+        faint = np.sort(
+            rng.choice(faint, size=min(settings.n_faint_targets, len(faint)), replace=False)
+        )
         for i in faint:
             rows.append((next_id, det, tx[i], ty[i], "star", float(t["flux"][i]), float(snr[i])))
             next_id += 1
         cat = catalogs[det]
-        cand = np.column_stack([rng.uniform(edge, nx - 1 - edge, 20000),
-                                rng.uniform(edge, ny - 1 - edge, 20000)])
+        cand = np.column_stack(
+            [rng.uniform(edge, nx - 1 - edge, 20000), rng.uniform(edge, ny - 1 - edge, 20000)]
+        )
         ok = usable(cand[:, 0], cand[:, 1])
         if len(cat):
-            tree = cKDTree(np.column_stack([np.asarray(cat["x"], float), np.asarray(cat["y"], float)]))
+            tree = cKDTree(
+                np.column_stack([np.asarray(cat["x"], float), np.asarray(cat["y"], float)])
+            )
             d, _ = tree.query(cand)
             ok &= d >= OFF_SOURCE_CLEARANCE
         for bx, by in cand[ok][: settings.n_off_targets]:
             rows.append((next_id, det, bx, by, "off", 0.0, 0.0))
             next_id += 1
-    tab = Table(rows=rows, names=("objectId", "detector", "x", "y", "kind", "true_flux", "true_snr"),
-                dtype=("i8", "i4", "f8", "f8", "U4", "f8", "f8"))
+    tab = Table(
+        rows=rows,
+        names=("objectId", "detector", "x", "y", "kind", "true_flux", "true_snr"),
+        dtype=("i8", "i4", "f8", "f8", "U4", "f8", "f8"),
+    )
     ra = np.empty(len(tab))
     dec = np.empty(len(tab))
     for det in fields:
         sel = np.asarray(tab["detector"]) == det
-        ra[sel], dec[sel] = wcs[det].all_pix2world(np.asarray(tab["x"])[sel], np.asarray(tab["y"])[sel], 0)
+        ra[sel], dec[sel] = wcs[det].all_pix2world(
+            np.asarray(tab["x"])[sel], np.asarray(tab["y"])[sel], 0
+        )
     tab["coord_ra"] = ra
     tab["coord_ra"].unit = "deg"
     tab["coord_dec"] = dec
@@ -486,8 +560,16 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     return ndimage.binary_dilation(mask, structure=np.ones((2 * radius + 1, 2 * radius + 1), bool))
 
 
-def run_forced(repo: Path, butler, fields, wcs, catalogs, settings: DemoSettings, output: Path,
-               progress: _Progress) -> tuple[Table | None, str | None]:
+def run_forced(
+    repo: Path,
+    butler,
+    fields,
+    wcs,
+    catalogs,
+    settings: DemoSettings,
+    output: Path,
+    progress: _Progress,
+) -> tuple[Table | None, str | None]:
     """Store the target list and run the forced pipeline.
 
     Returns the targets, or `None` and the reason when the forced pipeline
@@ -525,14 +607,32 @@ def run_forced(repo: Path, butler, fields, wcs, catalogs, settings: DemoSettings
     # and pixelFlags_offimage).
     butler.put(targets[["objectId", "coord_ra", "coord_dec"]], dtype, run=TARGET_RUN, **data_id)
     n_star = int(np.sum(targets["kind"] == "star"))
-    progress(f"stored {len(targets)} targets ({n_star} true stars with {FAINT_SNR[0]:g} <= S/N < "
-             f"{FAINT_SNR[1]:g}, {len(targets) - n_star} random positions >= {OFF_SOURCE_CLEARANCE:g} px "
-             f"from every detected source) as {name!r} (dimensions {list(dims)}) in run {TARGET_RUN!r}")
+    progress(
+        f"stored {len(targets)} targets ({n_star} true stars with {FAINT_SNR[0]:g} <= S/N < "
+        f"{FAINT_SNR[1]:g}, {len(targets) - n_star} random positions >= {OFF_SOURCE_CLEARANCE:g} px "
+        f"from every detected source) as {name!r} (dimensions {list(dims)}) in run {TARGET_RUN!r}"
+    )
     targets.write(output / "targets.ecsv", overwrite=True)
-    run_pipetask(["run", "-b", str(repo), "-i", f"{CALEXP_RUN},{TARGET_RUN}", "-o", FORCED_OUTPUT,
-                  "-p", str(pipeline), "-d", f"instrument='{INSTRUMENT}' AND visit={VISIT}",
-                  "-j", str(settings.jobs), "--register-dataset-types"],
-                 output / "logs" / "pipetask_forced.log", progress)
+    run_pipetask(
+        [
+            "run",
+            "-b",
+            str(repo),
+            "-i",
+            f"{CALEXP_RUN},{TARGET_RUN}",
+            "-o",
+            FORCED_OUTPUT,
+            "-p",
+            str(pipeline),
+            "-d",
+            f"instrument='{INSTRUMENT}' AND visit={VISIT}",
+            "-j",
+            str(settings.jobs),
+            "--register-dataset-types",
+        ],
+        output / "logs" / "pipetask_forced.log",
+        progress,
+    )
     return targets, None
 
 
@@ -576,14 +676,20 @@ def read_outputs(butler, fields) -> dict[int, dict[str, Any]]:
         out[det] = {
             "catalog": butler.get("crowdsource_source", data_id, collections=PHOT_OUTPUT),
             "model": np.asarray(butler.get("crowdsource_model", data_id, collections=PHOT_OUTPUT)),
-            "background": np.asarray(butler.get("crowdsource_background", data_id, collections=PHOT_OUTPUT)),
+            "background": np.asarray(
+                butler.get("crowdsource_background", data_id, collections=PHOT_OUTPUT)
+            ),
             "psf_fwhm": fwhm,
         }
     return out
 
 
-def evaluate(outputs: dict[int, dict[str, Any]], fields: dict[int, DetectorField], settings: DemoSettings,
-             progress: _Progress) -> dict[str, Any]:
+def evaluate(
+    outputs: dict[int, dict[str, Any]],
+    fields: dict[int, DetectorField],
+    settings: DemoSettings,
+    progress: _Progress,
+) -> dict[str, Any]:
     """Score the photometry outputs against the truth and the Cramér-Rao bound."""
     from lsst.meas.crowdsource.testing.evaluation import (
         crowded_crb_flux_error,
@@ -592,8 +698,9 @@ def evaluate(outputs: dict[int, dict[str, Any]], fields: dict[int, DetectorField
     )
 
     per_det = []
-    agg: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "snr", "detected", "frac", "rep", "msnr", "crb_snr", "crb_frac", "crb_z")}
+    agg: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("snr", "detected", "frac", "rep", "msnr", "crb_snr", "crb_frac", "crb_z")
+    }
     n_det_total = n_spur_total = 0
     for det, f in fields.items():
         t0 = time.perf_counter()
@@ -620,16 +727,31 @@ def evaluate(outputs: dict[int, dict[str, Any]], fields: dict[int, DetectorField
         n_spur_total += n_spur
         good = (f.mask & f.mask_bits("BAD", "SAT")) == 0
         sky_offset = float(np.median((outputs[det]["background"] - f.sky)[good]))
-        per_det.append({"detector": det, "n_sources": len(x),
-                        "n_good_flux": int(np.sum(~np.asarray(cat["psfFlux_flag"], bool))),
-                        "n_true": int(inside.sum()), "n_true_snr5": int(np.sum(inside & (tsnr >= 5))),
-                        "n_matched": int(np.sum(m)), "n_spurious": n_spur,
-                        "completeness_snr5": res["summary"]["completeness"],
-                        "sky_offset": sky_offset, "psf_fwhm": outputs[det]["psf_fwhm"]})
+        per_det.append(
+            {
+                "detector": det,
+                "n_sources": len(x),
+                "n_good_flux": int(np.sum(~np.asarray(cat["psfFlux_flag"], bool))),
+                "n_true": int(inside.sum()),
+                "n_true_snr5": int(np.sum(inside & (tsnr >= 5))),
+                "n_matched": int(np.sum(m)),
+                "n_spurious": n_spur,
+                "completeness_snr5": res["summary"]["completeness"],
+                "sky_offset": sky_offset,
+                "psf_fwhm": outputs[det]["psf_fwhm"],
+            }
+        )
         # Crowded Cramér-Rao bound on a sample of stars (BAD and SAT pixels
         # excluded), as benchmarks/benchlib.py computes it.
-        crb = crowded_crb_flux_error(t, functools.partial(f.psf_at, subpixel=True), f.variance,
-                                     sample=settings.crb_sample, xy0=f.xy0, mask=~good, seed=det)
+        crb = crowded_crb_flux_error(
+            t,
+            functools.partial(f.psf_at, subpixel=True),
+            f.variance,
+            sample=settings.crb_sample,
+            xy0=f.xy0,
+            mask=~good,
+            seed=det,
+        )
         ci = np.asarray(crb["index"])
         sig = np.asarray(crb["sigma_flux"], float)
         agg["crb_snr"].append(tsnr[ci])
@@ -639,9 +761,11 @@ def evaluate(outputs: dict[int, dict[str, Any]], fields: dict[int, DetectorField
         ok = (cd >= 0) & np.isfinite(sig) & ~sat[ci]
         z[ok] = (flux[cd[ok]] - tflux[ci[ok]]) / sig[ok]
         agg["crb_z"].append(z)
-        progress(f"detector {det}: {len(x)} sources, {int(np.sum(m))} matched to true stars, "
-                 f"{n_spur} unmatched; crowded Cramér-Rao bound of {len(ci)} stars "
-                 f"[{time.perf_counter() - t0:.1f} s]")
+        progress(
+            f"detector {det}: {len(x)} sources, {int(np.sum(m))} matched to true stars, "
+            f"{n_spur} unmatched; crowded Cramér-Rao bound of {len(ci)} stars "
+            f"[{time.perf_counter() - t0:.1f} s]"
+        )
     a = {k: np.concatenate(v) for k, v in agg.items()}
 
     bins = []
@@ -650,16 +774,23 @@ def evaluate(outputs: dict[int, dict[str, Any]], fields: dict[int, DetectorField
         s_m = (a["msnr"] >= lo) & (a["msnr"] < hi)
         s_c = (a["crb_snr"] >= lo) & (a["crb_snr"] < hi)
         n = int(s_all.sum())
-        bins.append({
-            "snr_lo": lo, "snr_hi": hi, "n_true": n, "n_matched": int(s_m.sum()),
-            "completeness": float(np.sum(a["detected"][s_all]) / n) if n else float("nan"),
-            "flux_scatter": robust_scatter(a["frac"][s_m]),
-            "flux_bias": float(np.median(a["frac"][s_m])) if s_m.any() else float("nan"),
-            "crb_crowded": float(np.nanmedian(a["crb_frac"][s_c])) if s_c.any() else float("nan"),
-            "crb_isolated": float(np.median(1.0 / a["snr"][s_all])) if n else float("nan"),
-            "scatter_over_crb": robust_scatter(a["crb_z"][s_c]),
-            "n_crb": int(np.sum(s_c & np.isfinite(a["crb_z"]))),
-        })
+        bins.append(
+            {
+                "snr_lo": lo,
+                "snr_hi": hi,
+                "n_true": n,
+                "n_matched": int(s_m.sum()),
+                "completeness": float(np.sum(a["detected"][s_all]) / n) if n else float("nan"),
+                "flux_scatter": robust_scatter(a["frac"][s_m]),
+                "flux_bias": float(np.median(a["frac"][s_m])) if s_m.any() else float("nan"),
+                "crb_crowded": float(np.nanmedian(a["crb_frac"][s_c]))
+                if s_c.any()
+                else float("nan"),
+                "crb_isolated": float(np.median(1.0 / a["snr"][s_all])) if n else float("nan"),
+                "scatter_over_crb": robust_scatter(a["crb_z"][s_c]),
+                "n_crb": int(np.sum(s_c & np.isfinite(a["crb_z"]))),
+            }
+        )
     return {
         "detectors": per_det,
         "bins": bins,
@@ -679,10 +810,16 @@ def evaluate_forced(butler, targets: Table, fields) -> dict[str, Any]:
     flux = np.full(len(targets), np.nan)
     err = np.full(len(targets), np.nan)
     for det in fields:
-        tab = butler.get("crowdsource_forced_source",
-                         dict(instrument=INSTRUMENT, visit=VISIT, detector=det), collections=FORCED_OUTPUT)
-        for oid, fl, er in zip(np.asarray(tab["objectId"]), np.asarray(tab["psfInstFlux"], float),
-                               np.asarray(tab["psfInstFluxErr"], float)):
+        tab = butler.get(
+            "crowdsource_forced_source",
+            dict(instrument=INSTRUMENT, visit=VISIT, detector=det),
+            collections=FORCED_OUTPUT,
+        )
+        for oid, fl, er in zip(
+            np.asarray(tab["objectId"]),
+            np.asarray(tab["psfInstFlux"], float),
+            np.asarray(tab["psfInstFluxErr"], float),
+        ):
             i = by_id.get(int(oid))
             # Every detector reports every target; keep the measurement on its own detector.
             if i is not None and int(targets["detector"][i]) == det and np.isfinite(fl):
@@ -698,10 +835,12 @@ def evaluate_forced(butler, targets: Table, fields) -> dict[str, Any]:
         return float(np.median(v)) if len(v) else float("nan")
 
     return {
-        "n_off": int(off.sum()), "n_off_measured": int(np.sum(off & fin)),
+        "n_off": int(off.sum()),
+        "n_off_measured": int(np.sum(off & fin)),
         "off_pull_median": med(pull[off & fin]),
         "off_pull_scatter": robust_scatter(pull[off & fin]),
-        "n_star": int(star.sum()), "n_star_measured": int(np.sum(star & fin)),
+        "n_star": int(star.sum()),
+        "n_star_measured": int(np.sum(star & fin)),
         "star_pull_median": med(pull[star & fin]),
         "star_pull_scatter": robust_scatter(pull[star & fin]),
         "star_flux_ratio_median": med(flux[star & fin] / t[star & fin]),
@@ -714,8 +853,14 @@ def evaluate_forced(butler, targets: Table, fields) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 
 
-def make_figures(output: Path, fields: dict[int, DetectorField], outputs: dict[int, dict[str, Any]],
-                 score: dict[str, Any], forced: dict[str, Any] | None, progress: _Progress) -> dict[str, str]:
+def make_figures(
+    output: Path,
+    fields: dict[int, DetectorField],
+    outputs: dict[int, dict[str, Any]],
+    score: dict[str, Any],
+    forced: dict[str, Any] | None,
+    progress: _Progress,
+) -> dict[str, str]:
     """Write the PNGs; return ``{name: path}``."""
     from lsst.meas.crowdsource.testing import plotting
     from lsst.meas.crowdsource.testing.evaluation import match_to_truth
@@ -728,14 +873,22 @@ def make_figures(output: Path, fields: dict[int, DetectorField], outputs: dict[i
     t = f.truth
     tx, ty = np.asarray(t["x"]), np.asarray(t["y"])
     match = match_to_truth(x, y, tx, ty, MATCH_RADIUS, flux=flux, truth_flux=np.asarray(t["flux"]))
-    missed = (match.truth_to_det < 0) & np.asarray(t["in_image"], bool) & (np.asarray(t["snr"]) >= 5)
+    missed = (
+        (match.truth_to_det < 0) & np.asarray(t["in_image"], bool) & (np.asarray(t["snr"]) >= 5)
+    )
     # Zoom on the brightest saturated star clear of the edges and of the bad
     # column (saturation, a bleed trail and crowding in one cutout), placed
     # off-centre so that more of the crowd is in view; else the centre.
     ny, nx = f.shape
     half = min(48, nx // 2, ny // 2)
-    cand = np.flatnonzero(np.asarray(t["saturated"], bool) & (tx > half) & (tx < nx - 1 - half)
-                          & (ty > half) & (ty < ny - 1 - half) & (np.abs(tx - f.bad_column) > 15))
+    cand = np.flatnonzero(
+        np.asarray(t["saturated"], bool)
+        & (tx > half)
+        & (tx < nx - 1 - half)
+        & (ty > half)
+        & (ty < ny - 1 - half)
+        & (np.abs(tx - f.bad_column) > 15)
+    )
     prefer = []
     if len(cand):
         j = cand[np.argmax(np.asarray(t["flux"])[cand])]
@@ -743,34 +896,64 @@ def make_figures(output: Path, fields: dict[int, DetectorField], outputs: dict[i
     box = plotting.choose_cutout(f.shape, 2 * half, f.xy0, prefer)
     paths = {}
     paths["detections"] = plotting.plot_detections(
-        output / "detections.png", f.image, x, y, det_matched=match.det_matched,
-        missed_x=tx[missed], missed_y=ty[missed], box=box, xy0=f.xy0,
-        title=f"detector {det}: crowdsource sources on the simulated image (asinh stretch)")
+        output / "detections.png",
+        f.image,
+        x,
+        y,
+        det_matched=match.det_matched,
+        missed_x=tx[missed],
+        missed_y=ty[missed],
+        box=box,
+        xy0=f.xy0,
+        title=f"detector {det}: crowdsource sources on the simulated image (asinh stretch)",
+    )
     bad = (f.mask & f.mask_bits("BAD", "SAT")) != 0
     rbox = plotting.choose_cutout(f.shape, min(160, nx, ny), f.xy0, prefer)
     paths["residual"] = plotting.plot_residual(
-        output / "residual.png", f.image, model, f.variance, bad=bad, box=rbox, xy0=f.xy0,
-        title=f"detector {det}: image, crowdsource model and normalised residual")
+        output / "residual.png",
+        f.image,
+        model,
+        f.variance,
+        bad=bad,
+        box=rbox,
+        xy0=f.xy0,
+        title=f"detector {det}: image, crowdsource model and normalised residual",
+    )
     a = score["arrays"]
     snr_to_mag, mag_to_snr = _snr_mag_functions(f)
     n_det = len(fields)
     paths["completeness"] = plotting.plot_completeness(
-        output / "completeness.png", a["snr"], a["detected"], snr_to_mag=snr_to_mag,
-        mag_to_snr=mag_to_snr, threshold=5.0,
-        title=f"completeness, {n_det} detectors ({len(a['snr'])} true stars inside the images)")
+        output / "completeness.png",
+        a["snr"],
+        a["detected"],
+        snr_to_mag=snr_to_mag,
+        mag_to_snr=mag_to_snr,
+        threshold=5.0,
+        title=f"completeness, {n_det} detectors ({len(a['snr'])} true stars inside the images)",
+    )
     paths["flux_error"] = plotting.plot_flux_error(
-        output / "flux_error.png", a["msnr"], a["frac"], reported_frac_err=a["rep"],
-        crb_snr=a["crb_snr"], crb_frac=a["crb_frac"], snr_to_mag=snr_to_mag, mag_to_snr=mag_to_snr,
-        title=f"photometric error against the truth, {n_det} detectors")
+        output / "flux_error.png",
+        a["msnr"],
+        a["frac"],
+        reported_frac_err=a["rep"],
+        crb_snr=a["crb_snr"],
+        crb_frac=a["crb_frac"],
+        snr_to_mag=snr_to_mag,
+        mag_to_snr=mag_to_snr,
+        title=f"photometric error against the truth, {n_det} detectors",
+    )
     if forced is not None:
         fa = forced["arrays"]
         off = fa["off"]
         paths["forced"] = plotting.plot_forced(
-            output / "forced.png", fa["pull"][off], fa["pull"][~off],
+            output / "forced.png",
+            fa["pull"][off],
+            fa["pull"][~off],
             blank_label=f"random positions ≥ {OFF_SOURCE_CLEARANCE:g} px from detections",
             star_label=f"true stars, {FAINT_SNR[0]:g} ≤ S/N < {FAINT_SNR[1]:g}",
             star_ratio=forced["star_flux_ratio_median"],
-            title="forced photometry (targets fit together with every detected source)")
+            title="forced photometry (targets fit together with every detected source)",
+        )
     paths = {name: _display(p) for name, p in paths.items()}
     for p in paths.values():
         progress(f"wrote {p}")
@@ -785,60 +968,95 @@ def _fmt_signed(v: float, nd: int = 3) -> str:
     return "—" if v is None or not np.isfinite(v) else f"{v:+.{nd}f}"
 
 
-def format_summary(settings: DemoSettings, score: dict[str, Any], forced: dict[str, Any] | None,
-                   timings: dict[str, float], total: float, figures: dict[str, str],
-                   forced_note: str | None) -> str:
+def format_summary(
+    settings: DemoSettings,
+    score: dict[str, Any],
+    forced: dict[str, Any] | None,
+    timings: dict[str, float],
+    total: float,
+    figures: dict[str, str],
+    forced_note: str | None,
+) -> str:
     """The text summary printed at the end."""
     lines = ["", "=" * 86, "meas_crowdsource demo: summary", "=" * 86]
     n_true = sum(d["n_true"] for d in score["detectors"])
-    lines.append(f"field: {settings.n_detectors} detectors of {settings.size}x{settings.size} px, "
-                 f"{settings.density:g} stars/px down to S/N 2, galsim PSF (FWHM 3.5 px), sky gradient,")
-    lines.append(f"       saturated stars with bleed trails, 1 bad column per detector; {n_true} true "
-                 "stars on the detectors")
+    lines.append(
+        f"field: {settings.n_detectors} detectors of {settings.size}x{settings.size} px, "
+        f"{settings.density:g} stars/px down to S/N 2, galsim PSF (FWHM 3.5 px), sky gradient,"
+    )
+    lines.append(
+        f"       saturated stars with bleed trails, 1 bad column per detector; {n_true} true "
+        "stars on the detectors"
+    )
     lines.append("")
     lines.append("sources per detector")
-    lines.append(f"  {'detector':>8} {'sources':>8} {'good flux':>9} {'true':>6} {'true S/N>=5':>11} "
-                 f"{'matched':>8} {'unmatched':>9} {'PSF FWHM':>9} {'sky-true':>8}")
+    lines.append(
+        f"  {'detector':>8} {'sources':>8} {'good flux':>9} {'true':>6} {'true S/N>=5':>11} "
+        f"{'matched':>8} {'unmatched':>9} {'PSF FWHM':>9} {'sky-true':>8}"
+    )
     for d in score["detectors"]:
-        lines.append(f"  {d['detector']:>8d} {d['n_sources']:>8d} {d['n_good_flux']:>9d} {d['n_true']:>6d} "
-                     f"{d['n_true_snr5']:>11d} {d['n_matched']:>8d} {d['n_spurious']:>9d} "
-                     f"{_fmt(d['psf_fwhm'], 2):>9} {d['sky_offset']:>+8.1f}")
-    lines.append("  (good flux: psfFlux_flag not set; PSF FWHM: fitted, pixels, at the detector centre;")
-    lines.append("   sky-true: median fitted sky minus true sky, counts/px, of a sky of 1000 -- the light of")
+        lines.append(
+            f"  {d['detector']:>8d} {d['n_sources']:>8d} {d['n_good_flux']:>9d} {d['n_true']:>6d} "
+            f"{d['n_true_snr5']:>11d} {d['n_matched']:>8d} {d['n_spurious']:>9d} "
+            f"{_fmt(d['psf_fwhm'], 2):>9} {d['sky_offset']:>+8.1f}"
+        )
+    lines.append(
+        "  (good flux: psfFlux_flag not set; PSF FWHM: fitted, pixels, at the detector centre;"
+    )
+    lines.append(
+        "   sky-true: median fitted sky minus true sky, counts/px, of a sky of 1000 -- the light of"
+    )
     lines.append("   stars below the detection limit ends up in the sky)")
     lines.append("")
-    lines.append(f"against the truth (one-to-one match within {MATCH_RADIUS:g} px; "
-                 "S/N = true isolated-star S/N)")
-    lines.append(f"  {'true S/N':>9} {'stars':>6} {'complete':>8} {'scatter (f-t)/t':>15} "
-                 f"{'median (f-t)/t':>14} {'crowded CRB':>11} {'scatter/CRB':>11}")
+    lines.append(
+        f"against the truth (one-to-one match within {MATCH_RADIUS:g} px; "
+        "S/N = true isolated-star S/N)"
+    )
+    lines.append(
+        f"  {'true S/N':>9} {'stars':>6} {'complete':>8} {'scatter (f-t)/t':>15} "
+        f"{'median (f-t)/t':>14} {'crowded CRB':>11} {'scatter/CRB':>11}"
+    )
     for b in score["bins"]:
-        label = f"{b['snr_lo']:g}-{b['snr_hi']:g}" if np.isfinite(b["snr_hi"]) else f">{b['snr_lo']:g}"
-        lines.append(f"  {label:>9} {b['n_true']:>6d} {_fmt(b['completeness']):>8} "
-                     f"{_fmt(b['flux_scatter']):>15} {_fmt_signed(b['flux_bias']):>14} "
-                     f"{_fmt(b['crb_crowded']):>11} {_fmt(b['scatter_over_crb'], 2):>11}")
+        label = (
+            f"{b['snr_lo']:g}-{b['snr_hi']:g}" if np.isfinite(b["snr_hi"]) else f">{b['snr_lo']:g}"
+        )
+        lines.append(
+            f"  {label:>9} {b['n_true']:>6d} {_fmt(b['completeness']):>8} "
+            f"{_fmt(b['flux_scatter']):>15} {_fmt_signed(b['flux_bias']):>14} "
+            f"{_fmt(b['crb_crowded']):>11} {_fmt(b['scatter_over_crb'], 2):>11}"
+        )
     lines.append("  (scatter: 1.4826 MAD of (f-t)/t of the matched stars; crowded CRB: median")
     lines.append("   sigma/flux of the Cramér-Rao bound of a joint fit of all stars, on a sample;")
     lines.append("   scatter/CRB: robust scatter of (f-t)/sigma_CRB of the unsaturated sampled")
     lines.append("   stars, 1 = at the bound)")
-    lines.append(f"spurious fraction: {_fmt(score['spurious_fraction'])} "
-                 f"({score['n_spurious']} of {score['n_sources']} sources have no true star within "
-                 f"{MATCH_RADIUS:g} px)")
+    lines.append(
+        f"spurious fraction: {_fmt(score['spurious_fraction'])} "
+        f"({score['n_spurious']} of {score['n_sources']} sources have no true star within "
+        f"{MATCH_RADIUS:g} px)"
+    )
     lines.append("")
     if forced is not None:
         lines.append("forced photometry (targets fit together with every detected source)")
-        lines.append(f"  {forced['n_off_measured']}/{forced['n_off']} random positions >= "
-                     f"{OFF_SOURCE_CLEARANCE:g} px from any detection: flux/error median "
-                     f"{forced['off_pull_median']:+.2f}, robust sigma {_fmt(forced['off_pull_scatter'], 2)}")
-        lines.append(f"  {forced['n_star_measured']}/{forced['n_star']} true stars with "
-                     f"{FAINT_SNR[0]:g} <= S/N < {FAINT_SNR[1]:g}: (f-t)/error median "
-                     f"{forced['star_pull_median']:+.2f}, robust sigma "
-                     f"{_fmt(forced['star_pull_scatter'], 2)}; median f/t "
-                     f"{_fmt(forced['star_flux_ratio_median'], 2)}")
+        lines.append(
+            f"  {forced['n_off_measured']}/{forced['n_off']} random positions >= "
+            f"{OFF_SOURCE_CLEARANCE:g} px from any detection: flux/error median "
+            f"{forced['off_pull_median']:+.2f}, robust sigma {_fmt(forced['off_pull_scatter'], 2)}"
+        )
+        lines.append(
+            f"  {forced['n_star_measured']}/{forced['n_star']} true stars with "
+            f"{FAINT_SNR[0]:g} <= S/N < {FAINT_SNR[1]:g}: (f-t)/error median "
+            f"{forced['star_pull_median']:+.2f}, robust sigma "
+            f"{_fmt(forced['star_pull_scatter'], 2)}; median f/t "
+            f"{_fmt(forced['star_flux_ratio_median'], 2)}"
+        )
     else:
         lines.append(f"forced photometry: skipped ({forced_note})")
     lines.append("")
-    lines.append("run time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-                 + f"; total {total:.0f} s")
+    lines.append(
+        "run time: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+        + f"; total {total:.0f} s"
+    )
     lines.append("figures: " + ", ".join(figures.values()))
     lines.append("=" * 86)
     return "\n".join(lines)
@@ -857,8 +1075,11 @@ def _jsonable(obj):
     return obj
 
 
-def run_demo(output: str | os.PathLike[str] = "demo_output", settings: DemoSettings | None = None,
-             stream=None) -> dict[str, Any]:
+def run_demo(
+    output: str | os.PathLike[str] = "demo_output",
+    settings: DemoSettings | None = None,
+    stream=None,
+) -> dict[str, Any]:
     """Run the whole demo; return the summary (also written to ``<output>/summary.json``).
 
     Parameters
@@ -878,11 +1099,15 @@ def run_demo(output: str | os.PathLike[str] = "demo_output", settings: DemoSetti
     output.mkdir(parents=True, exist_ok=True)
     repo = output / "repo"
     progress = _Progress(stream)
-    progress(f"meas_crowdsource demo into {_display(output)} ({settings.n_detectors} detectors of "
-             f"{settings.size}x{settings.size} px, {settings.density:g} stars/px, "
-             f"pipetask -j {settings.jobs})")
+    progress(
+        f"meas_crowdsource demo into {_display(output)} ({settings.n_detectors} detectors of "
+        f"{settings.size}x{settings.size} px, {settings.density:g} stars/px, "
+        f"pipetask -j {settings.jobs})"
+    )
 
-    progress.step("simulate", "1/5 simulating the visit (galsim PSF; this builds the PSF tables first)")
+    progress.step(
+        "simulate", "1/5 simulating the visit (galsim PSF; this builds the PSF tables first)"
+    )
     fields = simulate_visit(settings, progress)
 
     progress.step("butler", f"2/5 creating the butler repository {_display(repo)}")
@@ -893,19 +1118,40 @@ def run_demo(output: str | os.PathLike[str] = "demo_output", settings: DemoSetti
 
     progress.step("photometry", "3/5 pipetask run: CrowdsourcePhotometryTask on every detector")
     pipeline = package_root() / "pipelines" / "CrowdsourcePhotometryNoAfw.yaml"
-    run_pipetask(["run", "-b", str(repo), "-i", CALEXP_RUN, "-o", PHOT_OUTPUT, "-p", str(pipeline),
-                  "-d", f"instrument='{INSTRUMENT}' AND visit={VISIT}", "-j", str(settings.jobs),
-                  "--register-dataset-types"], output / "logs" / "pipetask_photometry.log", progress)
+    run_pipetask(
+        [
+            "run",
+            "-b",
+            str(repo),
+            "-i",
+            CALEXP_RUN,
+            "-o",
+            PHOT_OUTPUT,
+            "-p",
+            str(pipeline),
+            "-d",
+            f"instrument='{INSTRUMENT}' AND visit={VISIT}",
+            "-j",
+            str(settings.jobs),
+            "--register-dataset-types",
+        ],
+        output / "logs" / "pipetask_photometry.log",
+        progress,
+    )
 
     progress.step("forced", "4/5 forced photometry at a target list")
     from lsst.daf.butler import Butler
 
     butler = Butler.from_config(str(repo), writeable=True)
     outputs = read_outputs(butler, fields)
-    progress("read back the catalogues: " + ", ".join(
-        f"detector {d}: {len(o['catalog'])} sources" for d, o in outputs.items()))
+    progress(
+        "read back the catalogues: "
+        + ", ".join(f"detector {d}: {len(o['catalog'])} sources" for d, o in outputs.items())
+    )
     catalogs = {d: o["catalog"] for d, o in outputs.items()}
-    targets, forced_note = run_forced(repo, butler, fields, wcs, catalogs, settings, output, progress)
+    targets, forced_note = run_forced(
+        repo, butler, fields, wcs, catalogs, settings, output, progress
+    )
 
     progress.step("evaluate", "5/5 scoring against the truth and drawing the figures")
     score = evaluate(outputs, fields, settings, progress)
@@ -920,8 +1166,11 @@ def run_demo(output: str | os.PathLike[str] = "demo_output", settings: DemoSetti
         "settings": asdict(settings),
         "output": str(output),
         "repo": str(repo),
-        "collections": {"calexp": CALEXP_RUN, "photometry": PHOT_OUTPUT,
-                        "forced": FORCED_OUTPUT if forced is not None else None},
+        "collections": {
+            "calexp": CALEXP_RUN,
+            "photometry": PHOT_OUTPUT,
+            "forced": FORCED_OUTPUT if forced is not None else None,
+        },
         "detectors": score["detectors"],
         "bins": score["bins"],
         "n_sources": score["n_sources"],
@@ -945,11 +1194,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python examples/demo.py",
         description="Simulate a crowded visit, run the crowdsource pipelines on a local butler "
-                    "repository with pipetask, and score the outputs against the truth.")
-    parser.add_argument("--output", "-o", default="demo_output",
-                        help="output directory (its repo/ is re-created on every run); default %(default)s")
-    parser.add_argument("--quick", action="store_true",
-                        help="2 detectors of 192x192 px (what the tests run)")
+        "repository with pipetask, and score the outputs against the truth.",
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        default="demo_output",
+        help="output directory (its repo/ is re-created on every run); default %(default)s",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="2 detectors of 192x192 px (what the tests run)"
+    )
     parser.add_argument("--detectors", type=int, help="number of detectors (default 4; quick 2)")
     parser.add_argument("--size", type=int, help="detector side in pixels (default 512; quick 192)")
     parser.add_argument("--density", type=float, help="stars per pixel (default 0.02)")
@@ -957,9 +1212,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-j", "--jobs", type=int, help="pipetask processes (default 2)")
     args = parser.parse_args(argv)
     settings = DemoSettings.quick() if args.quick else DemoSettings()
-    overrides = {k: v for k, v in (("n_detectors", args.detectors), ("size", args.size),
-                                   ("density", args.density), ("seed", args.seed),
-                                   ("jobs", args.jobs)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("n_detectors", args.detectors),
+            ("size", args.size),
+            ("density", args.density),
+            ("seed", args.seed),
+            ("jobs", args.jobs),
+        )
+        if v is not None
+    }
     settings = replace(settings, **overrides)
     if settings.n_detectors < 1 or settings.size < 64 or settings.jobs < 1 or settings.density <= 0:
         parser.error("need --detectors >= 1, --size >= 64, --jobs >= 1 and --density > 0")

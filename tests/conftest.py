@@ -22,9 +22,21 @@ def run_pipetask():
 
     def run(repo, inputs: str, output: str, pipeline: str) -> subprocess.CompletedProcess:
         pipetask = Path(sys.executable).parent / "pipetask"
-        cmd = [str(pipetask) if pipetask.exists() else "pipetask", "run", "-b", str(repo),
-               "-i", inputs, "-o", output, "-p", str(ROOT / "pipelines" / pipeline),
-               "-d", "instrument='SimCam'", "--register-dataset-types"]
+        cmd = [
+            str(pipetask) if pipetask.exists() else "pipetask",
+            "run",
+            "-b",
+            str(repo),
+            "-i",
+            inputs,
+            "-o",
+            output,
+            "-p",
+            str(ROOT / "pipelines" / pipeline),
+            "-d",
+            "instrument='SimCam'",
+            "--register-dataset-types",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         return proc

@@ -34,8 +34,9 @@ CALIB = 2.5
 def _make_wcs():
     crval = lsst.geom.SpherePoint(150.0, 2.0, lsst.geom.degrees)
     cd = afwGeom.makeCdMatrix(scale=0.2 * lsst.geom.arcseconds)
-    return afwGeom.makeSkyWcs(crpix=lsst.geom.Point2D(X0 + NX / 2, Y0 + NY / 2), crval=crval,
-                              cdMatrix=cd)
+    return afwGeom.makeSkyWcs(
+        crpix=lsst.geom.Point2D(X0 + NX / 2, Y0 + NY / 2), crval=crval, cdMatrix=cd
+    )
 
 
 def _make_exposure(with_components: bool = True):
@@ -87,8 +88,8 @@ def test_psf_stamp_centred_and_normalised():
     expected = exposure.getPsf().computeKernelImage(lsst.geom.Point2D(x, y)).array
     np.testing.assert_allclose(stamp, expected)
     # second moment of a GaussianPsf kernel is sigma^2
-    yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
-    assert np.sum(stamp * xx ** 2) == pytest.approx(PSF_SIGMA ** 2, rel=1e-2)
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    assert np.sum(stamp * xx**2) == pytest.approx(PSF_SIGMA**2, rel=1e-2)
 
 
 def test_wcs_round_trip():
@@ -215,8 +216,7 @@ def test_source_catalog_from_table():
         if c.dtype == "?":
             assert list(cat[c.afw_name]) == list(table[c.name]), c.name
         else:
-            np.testing.assert_allclose(cat[c.afw_name], table[c.name], rtol=1e-6,
-                                       err_msg=c.name)
+            np.testing.assert_allclose(cat[c.afw_name], table[c.name], rtol=1e-6, err_msg=c.name)
     assert cat.getCentroidSlot().getMeasKey().isValid()
     assert cat.getPsfFluxSlot().getErrKey().isValid()
     assert cat.getPsfFluxSlot().getFlagKey().isValid()

@@ -33,7 +33,7 @@ from lsst.meas.crowdsource.io.images import (  # noqa: E402
 )
 
 X0, Y0, NX, NY = 100, 200, 64, 48
-BBOX = Box.factory[Y0:Y0 + NY, X0:X0 + NX]
+BBOX = Box.factory[Y0 : Y0 + NY, X0 : X0 + NX]
 
 
 def _fits_wcs() -> astropy.wcs.WCS:
@@ -52,10 +52,15 @@ def _projection() -> SkyProjection:
 
 def _masked_image(unit=u.nJy) -> MaskedImage:
     rng = np.random.default_rng(5)
-    image = Image(rng.normal(100.0, 2.0, size=(NY, NX)).astype(np.float32), bbox=BBOX, unit=unit,
-                  sky_projection=_projection())
-    variance = Image(np.full((NY, NX), 4.0, dtype=np.float32), bbox=BBOX,
-                     unit=None if unit is None else unit ** 2)
+    image = Image(
+        rng.normal(100.0, 2.0, size=(NY, NX)).astype(np.float32),
+        bbox=BBOX,
+        unit=unit,
+        sky_projection=_projection(),
+    )
+    variance = Image(
+        np.full((NY, NX), 4.0, dtype=np.float32), bbox=BBOX, unit=None if unit is None else unit**2
+    )
     schema = MaskSchema(list(get_legacy_visit_image_mask_planes().values()))
     mi = MaskedImage(image, variance=variance, mask_schema=schema)
     sat = np.zeros((NY, NX), bool)
@@ -178,8 +183,9 @@ def test_real_visit_image():
         np.testing.assert_array_equal(legacy.image, inputs.image)
         for name in ("BAD", "SAT", "CR", "INTRP", "EDGE", "NO_DATA", "SUSPECT"):
             if name in legacy.mask_planes:
-                np.testing.assert_array_equal(legacy.plane([name]), inputs.plane([name]),
-                                              err_msg=name)
+                np.testing.assert_array_equal(
+                    legacy.plane([name]), inputs.plane([name]), err_msg=name
+                )
         ra2, dec2 = legacy.pixel_to_sky(np.array([cx]), np.array([cy]))
         assert ra2[0] == pytest.approx(ra[0], abs=1e-7)
         assert dec2[0] == pytest.approx(dec[0], abs=1e-7)

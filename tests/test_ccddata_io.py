@@ -132,7 +132,11 @@ def test_written_file_has_afw_layout(tmp_path):
     with fits.open(path) as hdul:
         assert [hdu.name for hdu in hdul] == ["PRIMARY", "IMAGE", "MASK", "VARIANCE", PSF_EXTNAME]
         assert hdul[0].data is None
-        assert [hdul[name].header["BITPIX"] for name in ("IMAGE", "MASK", "VARIANCE")] == [-32, 32, -32]
+        assert [hdul[name].header["BITPIX"] for name in ("IMAGE", "MASK", "VARIANCE")] == [
+            -32,
+            32,
+            -32,
+        ]
         for name in ("IMAGE", "MASK", "VARIANCE"):
             header = hdul[name].header
             assert header["EXTTYPE"] == name
@@ -175,9 +179,16 @@ def _afw_like_file(path: Path) -> None:
     image_header["EXTTYPE"] = "IMAGE"
     image_header.update(_tan_wcs().to_header())
     for key, value in {
-        "CTYPE1A": "LINEAR", "CTYPE2A": "LINEAR", "CRPIX1A": 1.0, "CRPIX2A": 1.0,
-        "CRVAL1A": 200.0, "CRVAL2A": 300.0, "CUNIT1A": "PIXEL", "CUNIT2A": "PIXEL",
-        "LTV1": -200.0, "LTV2": -300.0,
+        "CTYPE1A": "LINEAR",
+        "CTYPE2A": "LINEAR",
+        "CRPIX1A": 1.0,
+        "CRPIX2A": 1.0,
+        "CRVAL1A": 200.0,
+        "CRVAL2A": 300.0,
+        "CUNIT1A": "PIXEL",
+        "CUNIT2A": "PIXEL",
+        "LTV1": -200.0,
+        "LTV2": -300.0,
     }.items():
         image_header[key] = value
     mask_header = image_header.copy()
@@ -204,7 +215,9 @@ def _afw_like_file(path: Path) -> None:
     )
     index.header["EXTTYPE"] = "ARCHIVE_INDEX"
     index.header["AR_CATN"] = 0
-    psf_table = fits.BinTableHDU.from_columns([fits.Column("sigma", "D", array=[1.5])], name="SomePsf")
+    psf_table = fits.BinTableHDU.from_columns(
+        [fits.Column("sigma", "D", array=[1.5])], name="SomePsf"
+    )
     psf_table.header["EXTTYPE"] = "ARCHIVE_DATA"
     psf_table.header["AR_CATN"] = 1
     calib = fits.BinTableHDU.from_columns(
@@ -244,7 +257,14 @@ def test_reads_afw_style_calexp(tmp_path):
     assert ccd.wcs is not None and ccd.wcs.wcs.ctype[0] == "RA---TAN"
     assert ccd.meta["EXPTIME"] == 15.0
     # Archive bookkeeping is dropped: it would point at HDUs we do not write.
-    for key in ("AR_HDU", "EXPINFO_V", "ARCHIVE_ID_PHOTOCALIB", "PHOTOCALIB_ID", "PSF_ID", "ARCHIVE_ID_PSF"):
+    for key in (
+        "AR_HDU",
+        "EXPINFO_V",
+        "ARCHIVE_ID_PHOTOCALIB",
+        "PHOTOCALIB_ID",
+        "PSF_ID",
+        "ARCHIVE_ID_PSF",
+    ):
         assert key not in ccd.meta
     out = tmp_path / "rewritten.fits"
     write_calexp_fits(ccd, out)
@@ -335,7 +355,11 @@ def test_plain_ccddata_bool_mask_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(variance=np.ones((3, 3))), ValueError, r"variance shape \(3, 3\) does not match image shape"),
+        (
+            dict(variance=np.ones((3, 3))),
+            ValueError,
+            r"variance shape \(3, 3\) does not match image shape",
+        ),
         (dict(mask=np.zeros((3, 3), int)), ValueError, r"mask shape \(3, 3\) does not match"),
         (dict(mask=np.zeros(SHAPE, bool)), TypeError, "mask is boolean"),
         (dict(mask=np.zeros(SHAPE, float)), TypeError, "mask must be an integer array"),
@@ -382,8 +406,12 @@ def test_write_rejects_psf_changed_to_even(tmp_path):
 
 def test_read_missing_image_hdu(tmp_path):
     path = tmp_path / "plain.fits"
-    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((3, 3), np.float32), name="SCI")]).writeto(path)
-    with pytest.raises(ValueError, match=r"no HDU with EXTNAME 'IMAGE' \(found \['PRIMARY', 'SCI'\]\)"):
+    fits.HDUList(
+        [fits.PrimaryHDU(), fits.ImageHDU(np.zeros((3, 3), np.float32), name="SCI")]
+    ).writeto(path)
+    with pytest.raises(
+        ValueError, match=r"no HDU with EXTNAME 'IMAGE' \(found \['PRIMARY', 'SCI'\]\)"
+    ):
         read_calexp_fits(path)
 
 
@@ -509,7 +537,9 @@ def test_register_visit_regions_and_idempotence(repo):
     register_visit(
         repo, "SimCam", visit=5, detectors=[0, 1, 2, 3], ra=270.0, dec=-30.0, detector_size=(40, 30)
     )
-    records = list(repo.registry.queryDimensionRecords("visit_detector_region", instrument="SimCam", visit=5))
+    records = list(
+        repo.registry.queryDimensionRecords("visit_detector_region", instrument="SimCam", visit=5)
+    )
     assert sorted(r.detector for r in records) == [0, 1, 2, 3]
     (visit,) = repo.registry.queryDimensionRecords("visit", instrument="SimCam", visit=5)
     assert visit.physical_filter == "SimCam-r"
@@ -549,7 +579,9 @@ def test_butler_round_trip(repo):
     data_id = dict(instrument="SimCam", visit=7, detector=3)
     variance = repo.get("calexp.variance", data_id, collections="sim/calexp")
     np.testing.assert_array_equal(variance, ccd.uncertainty.array)
-    np.testing.assert_array_equal(repo.get("calexp.mask", data_id, collections="sim/calexp"), ccd.mask)
+    np.testing.assert_array_equal(
+        repo.get("calexp.mask", data_id, collections="sim/calexp"), ccd.mask
+    )
     assert repo.get("calexp.metadata", data_id, collections="sim/calexp")["MP_SAT"] == 1
     assert isinstance(repo.get("calexp.wcs", data_id, collections="sim/calexp"), WCS)
 
@@ -585,7 +617,9 @@ class _ReadCalexpTask(pipeBase.PipelineTask):
         return pipeBase.Struct(
             summary={
                 "sum": float(np.sum(calexp.data, dtype=np.float64)),
-                "n_no_data": int(np.count_nonzero(calexp.mask & (1 << mask_planes(calexp)["NO_DATA"]))),
+                "n_no_data": int(
+                    np.count_nonzero(calexp.mask & (1 << mask_planes(calexp)["NO_DATA"]))
+                ),
                 "xy0": list(get_xy0(calexp)),
             }
         )
@@ -601,7 +635,9 @@ def test_quantum_graph_sees_and_reads_calexps(repo):
         inputs[det] = _sample(seed=det, wcs=wcs[det])
         butler_utils.put_calexp(repo, inputs[det], "sim/calexp", "SimCam", 9, det)
     butler = repo.clone(collections=["sim/calexp"], run="sim/out")
-    executor = SimplePipelineExecutor.from_task_class(_ReadCalexpTask, butler=butler, output_run="sim/out")
+    executor = SimplePipelineExecutor.from_task_class(
+        _ReadCalexpTask, butler=butler, output_run="sim/out"
+    )
     graph = executor.quantum_graph
     assert len(graph) == 2
     quanta = executor.run(register_dataset_types=True, save_versions=False)

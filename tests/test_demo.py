@@ -26,9 +26,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    proc = subprocess.run([sys.executable, str(DEMO), "--quick",
-                           "--output", str(out)], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(DEMO), "--quick", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     return out, summary, proc

@@ -46,11 +46,13 @@ def _bright_flux_ratio(result, truth, shape):
 
 def _crowded_field():
     """384x384, 0.02 stars/px, varying galsim PSF, saturated stars, a bad column."""
-    return simulate_field((384, 384), density=0.02, seed=3, psf="galsim", saturation=60000.0,
-                          bad_columns=1)
+    return simulate_field(
+        (384, 384), density=0.02, seed=3, psf="galsim", saturation=60000.0, bad_columns=1
+    )
 
 
 # --- building blocks -------------------------------------------------------
+
 
 def test_shift_conserves_flux_and_derivative_matches_finite_difference():
     # A profile that is zero near the stamp edge, so no light leaves the stamp.
@@ -108,7 +110,7 @@ def test_psf_wing_ignores_sky_dominated_outer_bins():
     r = np.hypot(xx, yy)
     true = (1 + (r / 1.2) ** 2) ** -1.9  # a shallow, Kolmogorov-like wing
     true /= true.sum()
-    core_stamp = true[c - 9:c + 10, c - 9:c + 10][None]
+    core_stamp = true[c - 9 : c + 10, c - 9 : c + 10][None]
     radius = np.arange(6, 42) + 0.5
     profile = (1 + (radius / 1.2) ** 2) ** -1.9 / ((1 + (r / 1.2) ** 2) ** -1.9).sum()
     error = 0.05 * profile
@@ -136,22 +138,36 @@ def test_psf_fit_weights_stars_by_their_noise():
     snr = np.where(np.arange(n) < 30, 1000.0, 30.0)
     flux = np.full(n, 1e4)
     # Per-pixel noise such that each star has the given S/N.
-    sigma = flux / snr / np.sqrt(1.0 / (truth ** 2).sum(axis=(1, 2)))
+    sigma = flux / snr / np.sqrt(1.0 / (truth**2).sum(axis=(1, 2)))
     stamps = flux[:, None, None] * truth + sigma[:, None, None] * rng.normal(size=truth.shape)
     zeros = np.zeros(n)
     current = PixelPsf.from_stamp(moffat_stamp(core, 3.3))
     errors = {}
     for label, weights in (("equal", None), ("by S/N", snr)):
-        psf, used = fit_psf(stamps, zeros, zeros, x, y, flux, current, 1, core, 5,
-                            (0, 0, 500, 500), snr=weights, floor=0.0)
+        psf, used = fit_psf(
+            stamps,
+            zeros,
+            zeros,
+            x,
+            y,
+            flux,
+            current,
+            1,
+            core,
+            5,
+            (0, 0, 500, 500),
+            snr=weights,
+            floor=0.0,
+        )
         model = np.array([psf.stamp(xi, yi) for xi, yi in zip(x, y)])
         errors[label] = np.sqrt(np.mean((model - truth) ** 2))
     assert errors["by S/N"] < 0.5 * errors["equal"]
     # A NaN or infinite S/N (a star with no error estimate) does not void the fit.
     odd = snr.copy()
     odd[0], odd[1] = np.nan, np.inf
-    psf, used = fit_psf(stamps, zeros, zeros, x, y, flux, current, 1, core, 5,
-                        (0, 0, 500, 500), snr=odd, floor=0.0)
+    psf, used = fit_psf(
+        stamps, zeros, zeros, x, y, flux, current, 1, core, 5, (0, 0, 500, 500), snr=odd, floor=0.0
+    )
     assert psf is not None and np.all(np.isfinite(psf.coeffs))
 
 
@@ -166,6 +182,7 @@ def test_tiles_partition_the_image():
 
 
 # --- bad input -------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def small_field():
@@ -190,12 +207,15 @@ def test_all_masked_is_an_error(small_field):
         fit_image(f.image, -np.abs(f.variance))
 
 
-@pytest.mark.parametrize("stamp, message", [
-    (np.full((5, 5), np.nan), "NaN"),
-    (np.zeros((5, 5)), "positive sum"),
-    (np.ones((4, 4)), "odd size"),
-    (np.ones((5, 7)), "square"),
-])
+@pytest.mark.parametrize(
+    "stamp, message",
+    [
+        (np.full((5, 5), np.nan), "NaN"),
+        (np.zeros((5, 5)), "positive sum"),
+        (np.ones((4, 4)), "odd size"),
+        (np.ones((5, 7)), "square"),
+    ],
+)
 def test_invalid_psf_is_an_error(small_field, stamp, message):
     f = small_field
     with pytest.raises(InputError, match=message):
@@ -228,8 +248,12 @@ def test_nan_and_nonpositive_variance_pixels_are_ignored(small_field):
 def test_empty_field_gives_empty_columns():
     rng = np.random.default_rng(0)
     image = 100 + rng.normal(0, 10, (80, 80))
-    result = fit_image(image, np.full(image.shape, 100.0), psf=moffat_stamp(15, 3.0),
-                       flag_planes={"SAT": np.zeros(image.shape, bool)})
+    result = fit_image(
+        image,
+        np.full(image.shape, 100.0),
+        psf=moffat_stamp(15, 3.0),
+        flag_planes={"SAT": np.zeros(image.shape, bool)},
+    )
     assert len(result) == 0
     for name, (dtype, _, _) in ENGINE_COLUMNS.items():
         assert result.columns[name].dtype == np.dtype(dtype)
@@ -252,18 +276,25 @@ def test_bad_parameters_are_rejected(small_field):
     with pytest.raises(InputError, match="n_iter"):
         fit_image(small_field.image, small_field.variance, params=FitParams(n_iter=0))
     with pytest.raises(InputError, match="stamp size"):
-        fit_image(small_field.image, small_field.variance,
-                  params=FitParams(stamp_sizes=(0, 0, 40)))
+        fit_image(small_field.image, small_field.variance, params=FitParams(stamp_sizes=(0, 0, 40)))
 
 
 # --- accuracy on simulated fields -------------------------------------------
 
+
 def test_isolated_stars_reach_the_cramer_rao_bound():
     """Sparse field, true PSF: unbiased fluxes with unit-width pulls."""
-    f = simulate_field((256, 256), density=0.002, seed=11, psf="moffat", psf_variation=0.0,
-                       bad_columns=0, snr_min=20.0, snr_max=500.0)
-    result = fit_image(f.image, f.variance, psf=f.psf_stamp,
-                       params=FitParams(refit_psf=False))
+    f = simulate_field(
+        (256, 256),
+        density=0.002,
+        seed=11,
+        psf="moffat",
+        psf_variation=0.0,
+        bad_columns=0,
+        snr_min=20.0,
+        snr_max=500.0,
+    )
+    result = fit_image(f.image, f.variance, psf=f.psf_stamp, params=FitParams(refit_psf=False))
     found, inside, matched, j = _score(result, f.truth, f.image.shape)
     assert found[inside].mean() > 0.97
     significant = result.columns["flux"] > 5 * result.columns["flux_err"]
@@ -274,7 +305,7 @@ def test_isolated_stars_reach_the_cramer_rao_bound():
     fl = np.asarray(t["flux"])[j[matched]]
     pull = (c["flux"][matched] - fl) / c["flux_err"][matched]
     # The reported error is the Cramer-Rao bound for an isolated star...
-    crb = 1.0 / np.sqrt((f.psf_stamp ** 2).sum() / np.median(f.variance))
+    crb = 1.0 / np.sqrt((f.psf_stamp**2).sum() / np.median(f.variance))
     assert np.median(c["flux_err"][matched] / crb) == pytest.approx(1.0, rel=0.25)
     # ...and the scatter matches it.
     assert 0.8 < 1.4826 * np.median(np.abs(pull - np.median(pull))) < 1.25
@@ -317,7 +348,7 @@ def test_crowded_field_positions_and_fluxes(crowded):
     bright = matched & (snr > 100) & ~np.asarray(t["saturated"])[j]
     dx = c["x"][bright] - np.asarray(t["x"])[j[bright]]
     dy = c["y"][bright] - np.asarray(t["y"])[j[bright]]
-    assert np.sqrt(np.median(dx ** 2 + dy ** 2)) < 0.06
+    assert np.sqrt(np.median(dx**2 + dy**2)) < 0.06
     frac = c["flux"][bright] / np.asarray(t["flux"])[j[bright]] - 1
     # The PSF (core, variation and wings) is estimated from the image; the
     # model is normalised within its 59 px stamp, which holds ~99.7% of the
@@ -334,7 +365,8 @@ def test_saturated_stars_are_found_and_flagged(crowded):
     assert sat.sum() > 0
     c = result.columns
     d, j = cKDTree(np.column_stack([c["x"], c["y"]])).query(
-        np.column_stack([np.asarray(t["x"])[sat], np.asarray(t["y"])[sat]]))
+        np.column_stack([np.asarray(t["x"])[sat], np.asarray(t["y"])[sat]])
+    )
     assert np.all(d < 1.5)
     assert np.all(c["flag_saturated_center"][j])
     ratio = c["flux"][j] / np.asarray(t["flux"])[sat]
@@ -349,8 +381,9 @@ def test_stamp_and_core_sizes_follow_the_refit_psf():
     varying core is sized for it (a 27 px core was kept before)."""
     f = _crowded_field()
     bad, sat = _planes(f)
-    result = fit_image(f.image, f.variance, bad=bad, saturated=sat,
-                       psf=moffat_stamp(59, 5.0, beta=3.0))
+    result = fit_image(
+        f.image, f.variance, bad=bad, saturated=sat, psf=moffat_stamp(59, 5.0, beta=3.0)
+    )
     assert result.psf.fwhm() == pytest.approx(3.4, abs=0.3)
     assert result.psf.core == 19
     ratio = _bright_flux_ratio(result, f.truth, f.image.shape)
@@ -422,14 +455,20 @@ def test_psf_refit_converges_to_the_true_psf(start):
 
 def test_tiled_fit_matches_single_tile_without_duplicates(small_field):
     f = simulate_field((200, 200), density=0.01, seed=7, psf="moffat", bad_columns=0)
-    single = fit_image(f.image, f.variance, psf=f.psf_stamp,
-                       params=FitParams(refit_psf=False))
-    tiled = fit_image(f.image, f.variance, psf=f.psf_stamp,
-                      params=FitParams(refit_psf=False, tile_size=100, tile_overlap=40))
+    single = fit_image(f.image, f.variance, psf=f.psf_stamp, params=FitParams(refit_psf=False))
+    tiled = fit_image(
+        f.image,
+        f.variance,
+        psf=f.psf_stamp,
+        params=FitParams(refit_psf=False, tile_size=100, tile_overlap=40),
+    )
     assert tiled.n_tiles == 4
-    parallel = fit_image(f.image, f.variance, psf=f.psf_stamp,
-                         params=FitParams(refit_psf=False, tile_size=100, tile_overlap=40,
-                                          n_processes=2))
+    parallel = fit_image(
+        f.image,
+        f.variance,
+        psf=f.psf_stamp,
+        params=FitParams(refit_psf=False, tile_size=100, tile_overlap=40, n_processes=2),
+    )
     for name in ("x", "y", "flux", "flux_err"):
         np.testing.assert_array_equal(parallel.columns[name], tiled.columns[name])
     xy_t = np.column_stack([tiled.columns["x"], tiled.columns["y"]])
@@ -448,8 +487,7 @@ def test_forced_positions_keep_order_and_off_image_rows(small_field):
     inside = (x > 0) & (x < 95) & (y > 0) & (y < 95)
     fx = np.concatenate([x[inside][:5], [-50.0, 500.0]]) + 10
     fy = np.concatenate([y[inside][:5], [10.0, 10.0]]) + 20
-    res = fit_image(f.image, f.variance, psf=f.psf_stamp, forced_x=fx, forced_y=fy,
-                    xy0=(10, 20))
+    res = fit_image(f.image, f.variance, psf=f.psf_stamp, forced_x=fx, forced_y=fy, xy0=(10, 20))
     c = res.columns
     np.testing.assert_array_equal(c["forced_index"][:7], np.arange(7))
     np.testing.assert_allclose(c["x"][:7], fx)
@@ -458,9 +496,16 @@ def test_forced_positions_keep_order_and_off_image_rows(small_field):
 
 
 def test_bright_star_touching_a_bad_column_is_found():
-    f = simulate_field((64, 64), density=0, psf="moffat", fwhm=3.5, psf_variation=0,
-                       sky_gradient=(0, 0), bad_columns=[30],
-                       stars={"x": [31.4], "y": [32.3], "flux": [5e4]})
+    f = simulate_field(
+        (64, 64),
+        density=0,
+        psf="moffat",
+        fwhm=3.5,
+        psf_variation=0,
+        sky_gradient=(0, 0),
+        bad_columns=[30],
+        stars={"x": [31.4], "y": [32.3], "flux": [5e4]},
+    )
     bad, sat = _planes(f)
     res = fit_image(f.image, f.variance, bad=bad, saturated=sat, psf=f.psf_stamp)
     d = np.hypot(res.columns["x"] - 31.4, res.columns["y"] - 32.3)
@@ -470,9 +515,16 @@ def test_bright_star_touching_a_bad_column_is_found():
 
 @pytest.mark.parametrize("x0", [30.0, 30.4])
 def test_bright_star_centred_on_a_bad_column_is_found(x0):
-    f = simulate_field((64, 64), density=0, psf="moffat", fwhm=3.5, psf_variation=0,
-                       sky_gradient=(0, 0), bad_columns=[30],
-                       stars={"x": [x0], "y": [32.3], "flux": [5e4]})
+    f = simulate_field(
+        (64, 64),
+        density=0,
+        psf="moffat",
+        fwhm=3.5,
+        psf_variation=0,
+        sky_gradient=(0, 0),
+        bad_columns=[30],
+        stars={"x": [x0], "y": [32.3], "flux": [5e4]},
+    )
     bad, sat = _planes(f)
     res = fit_image(f.image, f.variance, bad=bad, saturated=sat, psf=f.psf_stamp)
     assert len(res) == 1
@@ -482,13 +534,26 @@ def test_bright_star_centred_on_a_bad_column_is_found(x0):
 
 def test_detection_next_to_a_forced_position_merges_into_it():
     """A star given as a forced position is not split with a detection of itself."""
-    f = simulate_field((96, 96), density=0, psf="moffat", fwhm=3.5, psf_variation=0,
-                       sky_gradient=(0, 0), bad_columns=0,
-                       stars={"x": [40.3, 60.0], "y": [50.6, 30.0], "flux": [2e4, 3e4]})
+    f = simulate_field(
+        (96, 96),
+        density=0,
+        psf="moffat",
+        fwhm=3.5,
+        psf_variation=0,
+        sky_gradient=(0, 0),
+        bad_columns=0,
+        stars={"x": [40.3, 60.0], "y": [50.6, 30.0], "flux": [2e4, 3e4]},
+    )
     # The forced position is 0.7 px off the star (within min_separation): no
     # second source may take part of the star's light.
-    res = fit_image(f.image, f.variance, psf=f.psf_stamp, forced_x=np.array([41.0]),
-                    forced_y=np.array([50.6]), params=FitParams(refit_psf=False))
+    res = fit_image(
+        f.image,
+        f.variance,
+        psf=f.psf_stamp,
+        forced_x=np.array([41.0]),
+        forced_y=np.array([50.6]),
+        params=FitParams(refit_psf=False),
+    )
     c = res.columns
     assert c["forced_index"][0] == 0
     others = np.hypot(c["x"][1:] - 40.3, c["y"][1:] - 50.6)

@@ -42,9 +42,16 @@ def make_config(**overrides):
 
 def as_ccddata(field, wcs=None, photcalib=None):
     """The simulated exposure as a CCDData, with the PSF at the field centre."""
-    return make_ccddata(field.image, field.variance, mask=field.mask,
-                        mask_planes=field.mask_planes, wcs=wcs, psf=field.psf_stamp,
-                        xy0=field.xy0, photcalib=photcalib)
+    return make_ccddata(
+        field.image,
+        field.variance,
+        mask=field.mask,
+        mask_planes=field.mask_planes,
+        wcs=wcs,
+        psf=field.psf_stamp,
+        xy0=field.xy0,
+        photcalib=photcalib,
+    )
 
 
 def psf_weighted_flux(field, image, x, y, half=7):
@@ -62,7 +69,7 @@ def psf_weighted_flux(field, image, x, y, half=7):
     ix = np.round(x).astype(int)[:, None, None] + off[None, None, :]
     data = image[iy - field.xy0[1], ix - field.xy0[0]]
     var = field.variance[iy - field.xy0[1], ix - field.xy0[0]]
-    return (stamps * data / var).sum(axis=(1, 2)) / (stamps ** 2 / var).sum(axis=(1, 2))
+    return (stamps * data / var).sum(axis=(1, 2)) / (stamps**2 / var).sum(axis=(1, 2))
 
 
 def blank_positions(rng, avoid_x, avoid_y, radius, n, lo, hi):
@@ -98,9 +105,13 @@ def tutorial_experiment():
     blank = blank_positions(rng, tx[bright], ty[bright], 2 * FWHM, 150, 8, 247)
     inside = (tx > 8) & (tx < 247) & (ty > 8) & (ty < 247)
     faint = np.nonzero(inside & (snr > 4) & (snr < 5))[0]
-    ref = Table({"x": np.concatenate([blank[:, 0], tx[faint]]),
-                 "y": np.concatenate([blank[:, 1], ty[faint]]),
-                 "objectId": np.arange(len(blank) + len(faint)) + 1000})
+    ref = Table(
+        {
+            "x": np.concatenate([blank[:, 0], tx[faint]]),
+            "y": np.concatenate([blank[:, 1], ty[faint]]),
+            "objectId": np.arange(len(blank) + len(faint)) + 1000,
+        }
+    )
     task = CrowdsourceForcedPhotometryTask(config=make_config())
     result = task.run(as_ccddata(field), ref)
     table = result.forcedSourceTable
@@ -111,21 +122,41 @@ def tutorial_experiment():
     # position, their light and the error of the fitted sky.
     n_ref = len(ref)
     found = fit.columns["forced_index"] < 0
-    match = match_to_truth(fit.columns["x"][found], fit.columns["y"][found], tx, ty,
-                           radius=1.0, flux=fit.columns["flux"][found], truth_flux=tflux)
+    match = match_to_truth(
+        fit.columns["x"][found],
+        fit.columns["y"][found],
+        tx,
+        ty,
+        radius=1.0,
+        flux=fit.columns["flux"][found],
+        truth_flux=tflux,
+    )
     modelled = match.truth_to_det >= 0
     modelled[faint] = True  # forced: in the model
     unseen = truth[~modelled]
-    dark = simulate_field((256, 256), density=0.0, seed=11, bad_columns=0,
-                          stars={"x": unseen["x"], "y": unseen["y"], "flux": unseen["flux"]},
-                          **SIM)
+    dark = simulate_field(
+        (256, 256),
+        density=0.0,
+        seed=11,
+        bad_columns=0,
+        stars={"x": unseen["x"], "y": unseen["y"], "flux": unseen["flux"]},
+        **SIM,
+    )
     x, y = np.asarray(ref["x"]), np.asarray(ref["y"])
     unseen_light = psf_weighted_flux(field, dark.noiseless, x, y)
     sky_error = psf_weighted_flux(field, fit.sky - field.sky, x, y)
     independent = psf_weighted_flux(field, field.image - field.sky, x, y)
-    return dict(field=field, table=table, n_blank=len(blank), faint=faint, n_ref=n_ref,
-                confusion=unseen_light - sky_error, independent=independent,
-                n_unseen=len(unseen), tflux=tflux)
+    return dict(
+        field=field,
+        table=table,
+        n_blank=len(blank),
+        faint=faint,
+        n_ref=n_ref,
+        confusion=unseen_light - sky_error,
+        independent=independent,
+        n_unseen=len(unseen),
+        tflux=tflux,
+    )
 
 
 def test_tutorial_blank_positions(tutorial_experiment):
@@ -217,8 +248,11 @@ def bright_neighbours():
     sep = rng.uniform(4.0, 6.0, 36)
     angle = rng.uniform(0, 2 * np.pi, 36)
     fx, fy = bx + sep * np.cos(angle), by + sep * np.sin(angle)
-    stars = {"x": np.concatenate([bx, fx]), "y": np.concatenate([by, fy]),
-             "flux": np.concatenate([np.full(36, f_bright), np.full(36, f_faint)])}
+    stars = {
+        "x": np.concatenate([bx, fx]),
+        "y": np.concatenate([by, fy]),
+        "flux": np.concatenate([np.full(36, f_bright), np.full(36, f_faint)]),
+    }
     field = simulate_field((256, 256), density=0.005, seed=7, stars=stars, **SIM)
     return field, bx, by, fx, fy, f_faint
 
@@ -256,14 +290,20 @@ def test_bright_neighbours_simultaneous_vs_independent(bright_neighbours):
     assert 0.7 < robust_scatter(pull) < 2.2, robust_scatter(pull)
 
     # Only the reference positions, nothing found: the bright light leaks in.
-    alone = CrowdsourceForcedPhotometryTask(
-        config=make_config(findNewSources=False)).run(ccd, ref).forcedSourceTable
+    alone = (
+        CrowdsourceForcedPhotometryTask(config=make_config(findNewSources=False))
+        .run(ccd, ref)
+        .forcedSourceTable
+    )
     alone = np.median(np.asarray(alone["psfInstFlux"]) / f_faint)
     assert alone > 2.0, alone
     # ... unless the bright stars are reference positions too.
     both = Table({"x": np.concatenate([fx, bx]), "y": np.concatenate([fy, by])})
-    both = CrowdsourceForcedPhotometryTask(
-        config=make_config(findNewSources=False)).run(ccd, both).forcedSourceTable
+    both = (
+        CrowdsourceForcedPhotometryTask(config=make_config(findNewSources=False))
+        .run(ccd, both)
+        .forcedSourceTable
+    )
     np.testing.assert_array_equal(both["objectId"], np.arange(72))  # the row index
     both = np.median(np.asarray(both["psfInstFlux"][:36]) / f_faint)
     assert abs(both - 1) < 0.35 and both < alone - 1.5, both
@@ -283,33 +323,48 @@ def pipetask_forced(tmp_path_factory, run_pipetask):
 
     repo = tmp_path_factory.mktemp("forced_repo")
     butler = make_repo(repo)
-    wcs = register_visit(butler, "SimCam", visit=9, detectors=[0, 1], ra=150.0, dec=2.0,
-                         detector_size=(SIZE[1], SIZE[0]))
+    wcs = register_visit(
+        butler,
+        "SimCam",
+        visit=9,
+        detectors=[0, 1],
+        ra=150.0,
+        dec=2.0,
+        detector_size=(SIZE[1], SIZE[0]),
+    )
     rng = np.random.default_rng(2)
     parts, fields = [], {}
     for det in (0, 1):
         field = simulate_field(SIZE, density=0.01, seed=40 + det, bad_columns=1, **SIM)
-        put_calexp(butler, as_ccddata(field, wcs[det], photcalib=2.5), "sim/calexp", "SimCam",
-                   9, det)
+        put_calexp(
+            butler, as_ccddata(field, wcs[det], photcalib=2.5), "sim/calexp", "SimCam", 9, det
+        )
         fields[det] = field
         t = field.truth
         pick = np.nonzero(np.asarray(t["in_image"]) & (np.asarray(t["snr"]) > 20))[0]
         pick = rng.choice(pick, 15, replace=False)
         ra, dec = wcs[det].all_pix2world(t["x"][pick], t["y"][pick], 0)
-        parts.append(Table({"coord_ra": ra, "coord_dec": dec,
-                            "true_flux": np.asarray(t["flux"][pick]),
-                            "detector": np.full(15, det)}))
+        parts.append(
+            Table(
+                {
+                    "coord_ra": ra,
+                    "coord_dec": dec,
+                    "true_flux": np.asarray(t["flux"][pick]),
+                    "detector": np.full(15, det),
+                }
+            )
+        )
     targets = Table(np.concatenate([np.asarray(p.as_array()) for p in parts]))
     targets = targets[rng.permutation(len(targets))]
     targets["objectId"] = rng.choice(10**9, len(targets), replace=False).astype(np.int64)
-    dtype = DatasetType("crowdsource_forced_targets", (), "ArrowAstropy",
-                        universe=butler.dimensions)
+    dtype = DatasetType(
+        "crowdsource_forced_targets", (), "ArrowAstropy", universe=butler.dimensions
+    )
     butler.registry.registerDatasetType(dtype)
     butler.registry.registerRun("targets")
     butler.put(targets, dtype, run="targets")
     del butler
-    run_pipetask(repo, "sim/calexp,targets", "forced/out",
-                 "CrowdsourceForcedPhotometryNoAfw.yaml")
+    run_pipetask(repo, "sim/calexp,targets", "forced/out", "CrowdsourceForcedPhotometryNoAfw.yaml")
     return Butler.from_config(str(repo), collections="forced/out"), targets, fields
 
 
@@ -366,8 +421,10 @@ def test_empty_reference_table(small_field):
     field, wcs = small_field
     columns = forced_source_columns()
     task = CrowdsourceForcedPhotometryTask(config=make_config())
-    for ref in (Table({"coord_ra": np.zeros(0), "coord_dec": np.zeros(0)}),
-                Table({"x": np.zeros(0), "y": np.zeros(0), "objectId": np.zeros(0, int)})):
+    for ref in (
+        Table({"coord_ra": np.zeros(0), "coord_dec": np.zeros(0)}),
+        Table({"x": np.zeros(0), "y": np.zeros(0), "objectId": np.zeros(0, int)}),
+    ):
         result = task.run(as_ccddata(field, wcs), ref)
         table = result.forcedSourceTable
         assert len(table) == 0
@@ -405,11 +462,21 @@ def test_positions_off_image_masked_nonfinite_duplicate(small_field):
     field, wcs = small_field
     mask = field.mask.copy()
     mask[40:70, 40:70] |= 1 << field.mask_planes["BAD"]  # a 30x30 px hole, PARENT x 90-119
-    ccd = make_ccddata(field.image, field.variance, mask=mask, mask_planes=field.mask_planes,
-                       wcs=wcs, psf=field.psf_stamp, xy0=field.xy0)
+    ccd = make_ccddata(
+        field.image,
+        field.variance,
+        mask=mask,
+        mask_planes=field.mask_planes,
+        wcs=wcs,
+        psf=field.psf_stamp,
+        xy0=field.xy0,
+    )
     t = field.truth
-    star = int(np.argmax(np.where(np.asarray(t["in_image"]) & (np.asarray(t["x"]) < 85),
-                                  np.asarray(t["snr"]), 0)))
+    star = int(
+        np.argmax(
+            np.where(np.asarray(t["in_image"]) & (np.asarray(t["x"]) < 85), np.asarray(t["snr"]), 0)
+        )
+    )
     sx, sy = float(t["x"][star]), float(t["y"][star])
     x = np.array([sx, 20.0, 104.5, np.nan, sx, 50 + 111.4, 130.0])
     y = np.array([sy, 100.0, 125.0, 90.0, sy, 70 + 95.4, 160.0])
@@ -450,20 +517,27 @@ def test_sky_coordinates_units_and_drop_off_image(small_field):
     ra, dec = wcs.all_pix2world(x - 50, y - 70, 0)
     ra, dec = np.append(ra, ra[0] + 1.0), np.append(dec, dec[0])  # one a degree away
     task = CrowdsourceForcedPhotometryTask(config=make_config())
-    by_sky = task.run(as_ccddata(field, wcs),
-                      Table({"coord_ra": ra, "coord_dec": dec})).forcedSourceTable
+    by_sky = task.run(
+        as_ccddata(field, wcs), Table({"coord_ra": ra, "coord_dec": dec})
+    ).forcedSourceTable
     radians = Table({"coord_ra": np.deg2rad(ra) * u.rad, "coord_dec": np.deg2rad(dec) * u.rad})
     by_rad = task.run(as_ccddata(field, wcs), radians).forcedSourceTable
     by_pix = task.run(as_ccddata(field, wcs), Table({"x": x, "y": y})).forcedSourceTable
     np.testing.assert_allclose(by_sky["x"][:6], x, atol=1e-6)
     np.testing.assert_array_equal(by_sky["coord_ra"], ra)  # the reference's own coordinates
-    np.testing.assert_allclose(by_rad["psfInstFlux"], by_sky["psfInstFlux"], rtol=1e-6,
-                               equal_nan=True)
+    np.testing.assert_allclose(
+        by_rad["psfInstFlux"], by_sky["psfInstFlux"], rtol=1e-6, equal_nan=True
+    )
     np.testing.assert_allclose(by_pix["psfInstFlux"], by_sky["psfInstFlux"][:6], rtol=1e-4)
     assert by_sky["pixelFlags_offimage"][6] and np.isnan(by_sky["psfInstFlux"][6])
-    dropped = CrowdsourceForcedPhotometryTask(config=make_config(dropOffImage=True)).run(
-        as_ccddata(field, wcs), Table({"coord_ra": ra, "coord_dec": dec, "objectId": pick.tolist()
-                                       + [99]})).forcedSourceTable
+    dropped = (
+        CrowdsourceForcedPhotometryTask(config=make_config(dropOffImage=True))
+        .run(
+            as_ccddata(field, wcs),
+            Table({"coord_ra": ra, "coord_dec": dec, "objectId": pick.tolist() + [99]}),
+        )
+        .forcedSourceTable
+    )
     np.testing.assert_array_equal(dropped["objectId"], pick)
 
 
@@ -479,8 +553,11 @@ def test_refine_positions_bounded(small_field):
     ref = Table({"x": x0, "y": y0})
     fixed = CrowdsourceForcedPhotometryTask(config=make_config()).run(as_ccddata(field), ref)
     np.testing.assert_array_equal(fixed.forcedSourceTable["x"], x0)
-    moved = CrowdsourceForcedPhotometryTask(
-        config=make_config(refinePositions=0.5)).run(as_ccddata(field), ref).forcedSourceTable
+    moved = (
+        CrowdsourceForcedPhotometryTask(config=make_config(refinePositions=0.5))
+        .run(as_ccddata(field), ref)
+        .forcedSourceTable
+    )
     shift = np.hypot(moved["x"] - x0, moved["y"] - y0)
     assert np.all(shift <= 0.5 + 1e-9)
     before = np.hypot(x0 - tx, y0 - ty)

@@ -44,8 +44,7 @@ def test_exposure_inputs_rejects_other_types(bad):
     with pytest.raises(TypeError) as info:
         exposure_inputs(bad)
     message = str(info.value)
-    for accepted in ("lsst.afw.image.Exposure", "lsst.images.VisitImage",
-                     "astropy.nddata.CCDData"):
+    for accepted in ("lsst.afw.image.Exposure", "lsst.images.VisitImage", "astropy.nddata.CCDData"):
         assert accepted in message
     assert type(bad).__qualname__ in message
 
@@ -60,9 +59,14 @@ def test_exposure_inputs_passes_inputs_through_and_reads_ccddata():
 
 def test_uncertainty_types_give_the_same_variance():
     var = _variance()
-    results = [ccddata_inputs(_ccd(uncertainty=u)).variance
-               for u in (VarianceUncertainty(var), InverseVariance(1.0 / var),
-                         StdDevUncertainty(np.sqrt(var)))]
+    results = [
+        ccddata_inputs(_ccd(uncertainty=u)).variance
+        for u in (
+            VarianceUncertainty(var),
+            InverseVariance(1.0 / var),
+            StdDevUncertainty(np.sqrt(var)),
+        )
+    ]
     for r in results:
         np.testing.assert_allclose(r, var, rtol=1e-12)
 
@@ -89,8 +93,9 @@ def test_uncertainty_shape_mismatch_is_an_input_error():
 
 
 def test_non_2d_image_is_an_input_error():
-    ccd = CCDData(np.zeros((2, 3, 4)), unit="adu",
-                  uncertainty=VarianceUncertainty(np.ones((2, 3, 4))))
+    ccd = CCDData(
+        np.zeros((2, 3, 4)), unit="adu", uncertainty=VarianceUncertainty(np.ones((2, 3, 4)))
+    )
     with pytest.raises(InputError, match="2-D"):
         ccddata_inputs(ccd)
 
@@ -99,8 +104,9 @@ def test_mask_planes_from_mp_keywords():
     mask = np.zeros(SHAPE, np.int32)
     mask[1, 2] = 1 << 1  # SAT
     mask[3, 4] = (1 << 0) | (1 << 3)  # BAD | CR
-    ccd = _ccd(mask=mask, meta={"MP_BAD": 0, "MP_SAT": 1, "MP_CR": 3, "OTHER": 7},
-               cls=BitMaskCCDData)
+    ccd = _ccd(
+        mask=mask, meta={"MP_BAD": 0, "MP_SAT": 1, "MP_CR": 3, "OTHER": 7}, cls=BitMaskCCDData
+    )
     inputs = ccddata_inputs(ccd)
     assert inputs.mask_planes == {"BAD": 0, "SAT": 1, "CR": 3}
     sat = inputs.plane(["SAT"])

@@ -46,8 +46,16 @@ ID_BITS = 22  # CrowdsourceBaseConfig.sourceIdBits default
 BAD_COLUMN = 86  # array column of the bad column
 
 # Array (column, row) positions; PARENT positions add XY0.
-CLEAN = [(20.2, 20.7), (20.6, 64.1), (20.4, 107.8), (64.3, 20.5), (64.8, 107.3),
-         (107.5, 20.2), (107.9, 64.6), (107.1, 107.4)]
+CLEAN = [
+    (20.2, 20.7),
+    (20.6, 64.1),
+    (20.4, 107.8),
+    (64.3, 20.5),
+    (64.8, 107.3),
+    (107.5, 20.2),
+    (107.9, 64.6),
+    (107.1, 107.4),
+]
 CLEAN_FLUX = [2e4, 4e4, 8e4, 3e4, 6e4, 2.5e4, 5e4, 1e5]
 SATURATED = (42.4, 64.3)  # a bright star whose core saturates (and bleeds along its column)
 NEAR_BAD = (BAD_COLUMN + 2.4, 40.6)  # a star whose PSF core covers the bad column
@@ -76,16 +84,33 @@ def field():
     stars = CLEAN + [SATURATED, NEAR_BAD]
     fluxes = CLEAN_FLUX + [3e6, 5e4]
     return simulate_field(
-        SHAPE, density=0.0, seed=7, psf="moffat", fwhm=3.5, psf_variation=0.0,
-        ellipticity=0.0, sky=SKY, saturation=SATURATION, n_saturated=0,
-        bad_columns=[BAD_COLUMN + XY0[0]], xy0=XY0,
-        stars={"x": [x + XY0[0] for x, _ in stars], "y": [y + XY0[1] for _, y in stars],
-               "flux": fluxes})
+        SHAPE,
+        density=0.0,
+        seed=7,
+        psf="moffat",
+        fwhm=3.5,
+        psf_variation=0.0,
+        ellipticity=0.0,
+        sky=SKY,
+        saturation=SATURATION,
+        n_saturated=0,
+        bad_columns=[BAD_COLUMN + XY0[0]],
+        xy0=XY0,
+        stars={
+            "x": [x + XY0[0] for x, _ in stars],
+            "y": [y + XY0[1] for _, y in stars],
+            "flux": fluxes,
+        },
+    )
 
 
 def _ccd(field, **kwargs):
-    args = {"mask": field.mask, "mask_planes": field.mask_planes, "psf": field.psf_stamp,
-            "xy0": field.xy0}
+    args = {
+        "mask": field.mask,
+        "mask_planes": field.mask_planes,
+        "psf": field.psf_stamp,
+        "xy0": field.xy0,
+    }
     args.update(kwargs)
     return make_ccddata(field.image, field.variance, **args)
 
@@ -94,8 +119,7 @@ def _ccd(field, **kwargs):
 def run(field):
     """The task run on the full field (WCS, calibration, data ID)."""
     task = CrowdsourcePhotometryTask(config=_config())
-    result = task.run(_ccd(field, wcs=_wcs(), photcalib=PHOTCALIB), visit=VISIT,
-                      detector=DETECTOR)
+    result = task.run(_ccd(field, wcs=_wcs(), photcalib=PHOTCALIB), visit=VISIT, detector=DETECTOR)
     return task, result
 
 
@@ -337,22 +361,28 @@ def test_sourcecat_with_afw(field):
 # --- bad input ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("exposure", [np.zeros((32, 32)), {"image": np.zeros((32, 32))}, None],
-                         ids=["ndarray", "dict", "None"])
+@pytest.mark.parametrize(
+    "exposure",
+    [np.zeros((32, 32)), {"image": np.zeros((32, 32))}, None],
+    ids=["ndarray", "dict", "None"],
+)
 def test_not_an_exposure_is_a_type_error(exposure):
     task = CrowdsourcePhotometryTask(config=_config())
     with pytest.raises(TypeError) as err:
         task.run(exposure)
     message = str(err.value)
     assert type(exposure).__name__ in message
-    for accepted in ("lsst.afw.image.Exposure", "lsst.images.VisitImage",
-                     "astropy.nddata.CCDData"):
+    for accepted in ("lsst.afw.image.Exposure", "lsst.images.VisitImage", "astropy.nddata.CCDData"):
         assert accepted in message
 
 
 def test_all_pixels_masked(noise_ccd):
-    ccd = make_ccddata(noise_ccd.data, noise_ccd.uncertainty,
-                       mask=np.ones(noise_ccd.shape, np.int32), mask_planes={"BAD": 0})
+    ccd = make_ccddata(
+        noise_ccd.data,
+        noise_ccd.uncertainty,
+        mask=np.ones(noise_ccd.shape, np.int32),
+        mask_planes={"BAD": 0},
+    )
     with pytest.raises(InputError, match="No usable pixels"):
         CrowdsourcePhotometryTask(config=_config()).run(ccd)
 
@@ -362,10 +392,14 @@ def test_no_uncertainty(noise_ccd):
         CrowdsourcePhotometryTask(config=_config()).run(CCDData(noise_ccd.data, unit="adu"))
 
 
-@pytest.mark.parametrize("stamp, message", [
-    (np.ones((4, 4)), "odd size"),
-    (np.full((5, 5), np.nan), "NaN"),
-], ids=["even", "nan"])
+@pytest.mark.parametrize(
+    "stamp, message",
+    [
+        (np.ones((4, 4)), "odd size"),
+        (np.full((5, 5), np.nan), "NaN"),
+    ],
+    ids=["even", "nan"],
+)
 def test_bad_psf_stamp(noise_ccd, stamp, message):
     ccd = make_ccddata(noise_ccd.data, noise_ccd.uncertainty)
     ccd.psf = stamp  # make_ccddata itself refuses such stamps
@@ -393,13 +427,17 @@ def _set_fit_niter(config):
     config.fit.nIter = 0
 
 
-@pytest.mark.parametrize("change, match", [
-    (_set_fit_niter, "n_iter must be >= 1"),
-    (lambda c: setattr(c, "calexpStorageClass", "ImageF"), "not allowed"),
-    (lambda c: setattr(c, "imageStorageClass", "ImageF"), "NumpyArray"),
-    (lambda c: setattr(c, "doAddBackground", True), "ExposureF"),
-    (lambda c: setattr(c, "sourceIdBits", 60), "8..40"),
-], ids=["nIter", "calexpStorageClass", "ccddata-imagef", "background-ccddata", "idbits"])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (_set_fit_niter, "n_iter must be >= 1"),
+        (lambda c: setattr(c, "calexpStorageClass", "ImageF"), "not allowed"),
+        (lambda c: setattr(c, "imageStorageClass", "ImageF"), "NumpyArray"),
+        (lambda c: setattr(c, "doAddBackground", True), "ExposureF"),
+        (lambda c: setattr(c, "sourceIdBits", 60), "8..40"),
+    ],
+    ids=["nIter", "calexpStorageClass", "ccddata-imagef", "background-ccddata", "idbits"],
+)
 def test_config_validation(change, match):
     config = _config()
     config.validate()

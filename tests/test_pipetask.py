@@ -17,19 +17,33 @@ SIZE = (160, 192)  # rows, columns
 def pipetask_run(tmp_path_factory, run_pipetask):
     repo = tmp_path_factory.mktemp("repo")
     butler = make_repo(repo)
-    wcs = register_visit(butler, "SimCam", visit=7, detectors=[0, 1], ra=270.0, dec=-30.0,
-                         detector_size=(SIZE[1], SIZE[0]))
+    wcs = register_visit(
+        butler,
+        "SimCam",
+        visit=7,
+        detectors=[0, 1],
+        ra=270.0,
+        dec=-30.0,
+        detector_size=(SIZE[1], SIZE[0]),
+    )
     fields = {}
     for det in (0, 1):
-        f = simulate_field(SIZE, density=0.01, seed=20 + det, psf="moffat", bad_columns=1,
-                           xy0=(0, 0))
-        ccd = make_ccddata(f.image, f.variance, mask=f.mask, mask_planes=f.mask_planes,
-                           wcs=wcs[det], psf=f.psf_stamp, photcalib=2.5)
+        f = simulate_field(
+            SIZE, density=0.01, seed=20 + det, psf="moffat", bad_columns=1, xy0=(0, 0)
+        )
+        ccd = make_ccddata(
+            f.image,
+            f.variance,
+            mask=f.mask,
+            mask_planes=f.mask_planes,
+            wcs=wcs[det],
+            psf=f.psf_stamp,
+            photcalib=2.5,
+        )
         put_calexp(butler, ccd, "sim/calexp", "SimCam", 7, det)
         fields[det] = (f, wcs[det])
     del butler
-    proc = run_pipetask(repo, "sim/calexp", "crowdsource/out",
-                        "CrowdsourcePhotometryNoAfw.yaml")
+    proc = run_pipetask(repo, "sim/calexp", "crowdsource/out", "CrowdsourcePhotometryNoAfw.yaml")
     from lsst.daf.butler import Butler
 
     return Butler.from_config(str(repo), collections="crowdsource/out"), fields, proc
@@ -49,7 +63,8 @@ def test_pipetask_outputs_match_truth(pipetask_run):
         tx, ty = np.asarray(truth["x"]), np.asarray(truth["y"])
         inside = (tx > 2) & (tx < SIZE[1] - 3) & (ty > 2) & (ty < SIZE[0] - 3) & (snr > 20)
         d, j = cKDTree(np.column_stack([table["x"], table["y"]])).query(
-            np.column_stack([tx[inside], ty[inside]]))
+            np.column_stack([tx[inside], ty[inside]])
+        )
         assert np.mean(d < 1) > 0.9
         ok = d < 1
         ratio = np.asarray(table["psfInstFlux"])[j[ok]] / np.asarray(truth["flux"])[inside][ok]

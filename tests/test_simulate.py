@@ -53,8 +53,12 @@ def gaussian_psf_at(sigma: float, size: int = 41):
         y = np.atleast_1d(np.asarray(y, dtype=float))
         dx = x - np.floor(x + 0.5)
         dy = y - np.floor(y + 0.5)
-        px = ndtr((i[None, :] - dx[:, None] + 0.5) / sigma) - ndtr((i[None, :] - dx[:, None] - 0.5) / sigma)
-        py = ndtr((i[None, :] - dy[:, None] + 0.5) / sigma) - ndtr((i[None, :] - dy[:, None] - 0.5) / sigma)
+        px = ndtr((i[None, :] - dx[:, None] + 0.5) / sigma) - ndtr(
+            (i[None, :] - dx[:, None] - 0.5) / sigma
+        )
+        py = ndtr((i[None, :] - dy[:, None] + 0.5) / sigma) - ndtr(
+            (i[None, :] - dy[:, None] - 0.5) / sigma
+        )
         return py[:, :, None] * px[:, None, :]
 
     return psf_at
@@ -99,7 +103,10 @@ def test_psf_normalisation_and_fwhm(field):
     fwhm_c = measure_fwhm(stamp)
     assert fwhm_c == pytest.approx(3.5, rel=0.10)
     # Varies by ~psf_variation from the centre to the corners.
-    corners = [measure_fwhm(field.psf_at(x, y)) for x, y in ((x0, y0), (x0 + 191, y0 + 191), (x0, y0 + 191))]
+    corners = [
+        measure_fwhm(field.psf_at(x, y))
+        for x, y in ((x0, y0), (x0 + 191, y0 + 191), (x0, y0 + 191))
+    ]
     for fc in corners:
         assert fc / fwhm_c - 1 == pytest.approx(field.meta["psf_variation"], abs=0.04)
     if HAVE_GALSIM:
@@ -120,7 +127,12 @@ def test_analytic_psf_fwhm_and_variation(psf):
 def test_total_flux_of_bright_star():
     flux = 1e7
     f = simulate_field(
-        (200, 200), density=0.0, seed=1, psf=PSF, psf_grid=3, bad_columns=0,
+        (200, 200),
+        density=0.0,
+        seed=1,
+        psf=PSF,
+        psf_grid=3,
+        bad_columns=0,
         stars={"x": [100.3], "y": [95.6], "flux": [flux]},
     )
     assert f.noiseless.sum(dtype=float) == pytest.approx(flux, rel=1e-4)
@@ -131,7 +143,9 @@ def test_total_flux_of_bright_star():
 def test_pixel_centre_convention():
     xy0 = (1000, 2000)
     stars = {"x": [1050.0, 1180.37], "y": [2190.0, 2060.79], "flux": [1e6, 1e6]}
-    f = simulate_field((240, 240), density=0.0, psf=PSF, psf_grid=3, xy0=xy0, bad_columns=0, stars=stars)
+    f = simulate_field(
+        (240, 240), density=0.0, psf=PSF, psf_grid=3, xy0=xy0, bad_columns=0, stars=stars
+    )
     r = f.psf_model.psf_radius
     for x, y in zip(stars["x"], stars["y"]):
         ix, iy = int(round(x)) - xy0[0], int(round(y)) - xy0[1]
@@ -146,8 +160,14 @@ def test_pixel_centre_convention():
 
 def test_psf_at_reproduces_rendering():
     x, y, flux = 40.27, 33.61, 1e5
-    f = simulate_field((80, 80), density=0.0, psf="moffat", psf_radius=20, bad_columns=0,
-                       stars={"x": [x], "y": [y], "flux": [flux]})
+    f = simulate_field(
+        (80, 80),
+        density=0.0,
+        psf="moffat",
+        psf_radius=20,
+        bad_columns=0,
+        stars={"x": [x], "y": [y], "flux": [flux]},
+    )
     size = f.psf_model.support
     stamp = f.psf_at(x, y, size=size, subpixel=True)
     cut = f.noiseless[34 - 20 : 34 + 21, 40 - 20 : 40 + 21]
@@ -217,7 +237,9 @@ def test_truth_catalog(field):
     sub = inside[pick]
     stamps = field.psf_at(sub["x"], sub["y"], size=field.psf_model.core_size, subpixel=True)
     bg = sub["sky"] / field.gain + field.read_noise**2
-    sig = isolated_crb_flux_error(stamps, np.asarray(bg), flux=np.asarray(sub["flux"]), gain=field.gain)
+    sig = isolated_crb_flux_error(
+        stamps, np.asarray(bg), flux=np.asarray(sub["flux"]), gain=field.gain
+    )
     np.testing.assert_allclose(sub["flux"] / sig, sub["snr"], rtol=2e-3)
 
 
@@ -254,7 +276,11 @@ def test_perfect_catalog_scores(field):
     assert np.all(bins["flux_frac_scatter"][filled] == 0.0)
     assert np.all(bins["pos_rms"][filled] == 0.0)
     s = res["summary"]
-    assert s["completeness"] == 1.0 and s["spurious_fraction"] == 0.0 and s["spurious_fraction_snr"] == 0.0
+    assert (
+        s["completeness"] == 1.0
+        and s["spurious_fraction"] == 0.0
+        and s["spurious_fraction_snr"] == 0.0
+    )
     assert s["flux_frac_scatter"] == 0.0 and s["pull_scatter"] == 0.0 and s["pos_rms"] == 0.0
     assert s["n_truth"] == np.count_nonzero(t["in_image"] & (t["snr"] >= 5))
     assert res["match"].n_matched == len(t)
@@ -374,7 +400,9 @@ def test_crowded_crb_local_matches_exact():
     f = simulate_field((96, 96), density=0.04, seed=4, psf="moffat", bad_columns=0)
     psf_at = functools.partial(f.psf_at, subpixel=True)
     local = crowded_crb_flux_error(f.truth, psf_at, f.variance, sample=60, seed=2)
-    exact = crowded_crb_flux_error(f.truth, psf_at, f.variance, sample=60, seed=2, neighbourhood=np.inf)
+    exact = crowded_crb_flux_error(
+        f.truth, psf_at, f.variance, sample=60, seed=2, neighbourhood=np.inf
+    )
     np.testing.assert_array_equal(local["index"], exact["index"])
     np.testing.assert_allclose(local["sigma_flux"], exact["sigma_flux"], rtol=1e-3)
     # Crowding only ever increases the bound.

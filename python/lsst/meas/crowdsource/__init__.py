@@ -10,16 +10,21 @@ this package wraps it as `~lsst.pipe.base.PipelineTask` subclasses:
 """
 
 from .forced import (
-                     CrowdsourceForcedPhotometryConfig,
-                     CrowdsourceForcedPhotometryConnections,
-                     CrowdsourceForcedPhotometryTask,
+    CrowdsourceForcedPhotometryConfig,
+    CrowdsourceForcedPhotometryConnections,
+    CrowdsourceForcedPhotometryTask,
 )
 from .photometry import (
-                     CrowdsourcePhotometryConfig,
-                     CrowdsourcePhotometryConnections,
-                     CrowdsourcePhotometryTask,
+    CrowdsourcePhotometryConfig,
+    CrowdsourcePhotometryConnections,
+    CrowdsourcePhotometryTask,
 )
 
-__all__ = ["CrowdsourceForcedPhotometryConfig", "CrowdsourceForcedPhotometryConnections",
-           "CrowdsourceForcedPhotometryTask", "CrowdsourcePhotometryConfig",
-           "CrowdsourcePhotometryConnections", "CrowdsourcePhotometryTask"]
+__all__ = [
+    "CrowdsourceForcedPhotometryConfig",
+    "CrowdsourceForcedPhotometryConnections",
+    "CrowdsourceForcedPhotometryTask",
+    "CrowdsourcePhotometryConfig",
+    "CrowdsourcePhotometryConnections",
+    "CrowdsourcePhotometryTask",
+]

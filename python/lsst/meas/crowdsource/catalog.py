@@ -17,8 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Column", "PIXEL_FLAG_PLANES", "source_columns", "forced_source_columns",
-           "SLOT_ALIASES", "build_table", "empty_table"]
+__all__ = [
+    "Column",
+    "PIXEL_FLAG_PLANES",
+    "source_columns",
+    "forced_source_columns",
+    "SLOT_ALIASES",
+    "build_table",
+    "empty_table",
+]
 
 
 @dataclass(frozen=True)
@@ -89,42 +96,92 @@ def _engine_doc(engine_name: str) -> str:
 
 def _common_columns(with_position_errors: bool) -> list[Column]:
     cols = [
-        Column("coord_ra", "f8", "deg", "ICRS right ascension of the fitted position "
-               "(NaN without a WCS).", "coord_ra"),
-        Column("coord_dec", "f8", "deg", "ICRS declination of the fitted position "
-               "(NaN without a WCS).", "coord_dec"),
+        Column(
+            "coord_ra",
+            "f8",
+            "deg",
+            "ICRS right ascension of the fitted position (NaN without a WCS).",
+            "coord_ra",
+        ),
+        Column(
+            "coord_dec",
+            "f8",
+            "deg",
+            "ICRS declination of the fitted position (NaN without a WCS).",
+            "coord_dec",
+        ),
         Column("x", "f8", "pixel", _engine_doc("x"), "crowdsource_centroid_x", "x"),
         Column("y", "f8", "pixel", _engine_doc("y"), "crowdsource_centroid_y", "y"),
     ]
     if with_position_errors:
         cols += [
-            Column("xErr", "f4", "pixel", _engine_doc("x_err"), "crowdsource_centroid_xErr",
-                   "x_err"),
-            Column("yErr", "f4", "pixel", _engine_doc("y_err"), "crowdsource_centroid_yErr",
-                   "y_err"),
+            Column(
+                "xErr", "f4", "pixel", _engine_doc("x_err"), "crowdsource_centroid_xErr", "x_err"
+            ),
+            Column(
+                "yErr", "f4", "pixel", _engine_doc("y_err"), "crowdsource_centroid_yErr", "y_err"
+            ),
         ]
     cols += [
-        Column("psfInstFlux", "f8", "count", _engine_doc("flux"),
-               "crowdsource_psfFlux_instFlux", "flux"),
-        Column("psfInstFluxErr", "f8", "count", _engine_doc("flux_err"),
-               "crowdsource_psfFlux_instFluxErr", "flux_err"),
-        Column("psfFlux", "f8", "nJy", "Calibrated PSF flux (NaN without a photometric "
-               "calibration)."),
+        Column(
+            "psfInstFlux",
+            "f8",
+            "count",
+            _engine_doc("flux"),
+            "crowdsource_psfFlux_instFlux",
+            "flux",
+        ),
+        Column(
+            "psfInstFluxErr",
+            "f8",
+            "count",
+            _engine_doc("flux_err"),
+            "crowdsource_psfFlux_instFluxErr",
+            "flux_err",
+        ),
+        Column(
+            "psfFlux", "f8", "nJy", "Calibrated PSF flux (NaN without a photometric calibration)."
+        ),
         Column("psfFluxErr", "f8", "nJy", "1-sigma uncertainty of psfFlux."),
-        Column("psfFlux_flag", "?", "", "The PSF flux is unusable: fit failed, no usable "
-               "pixels, or centre off the image or saturated.", "crowdsource_psfFlux_flag"),
+        Column(
+            "psfFlux_flag",
+            "?",
+            "",
+            "The PSF flux is unusable: fit failed, no usable "
+            "pixels, or centre off the image or saturated.",
+            "crowdsource_psfFlux_flag",
+        ),
         Column("sky", "f8", "count", _engine_doc("sky"), "crowdsource_sky", "sky"),
     ]
     for plane, (suffix, center) in PIXEL_FLAG_PLANES.items():
-        cols.append(Column(f"pixelFlags_{suffix}", "?", "",
-                           f"A pixel within the PSF core has mask plane {plane} set.",
-                           f"base_PixelFlags_flag_{suffix}"))
+        cols.append(
+            Column(
+                f"pixelFlags_{suffix}",
+                "?",
+                "",
+                f"A pixel within the PSF core has mask plane {plane} set.",
+                f"base_PixelFlags_flag_{suffix}",
+            )
+        )
         if center:
-            cols.append(Column(f"pixelFlags_{suffix}Center", "?", "",
-                               f"A pixel of the central 3x3 has mask plane {plane} set.",
-                               f"base_PixelFlags_flag_{suffix}Center"))
-    cols.append(Column("pixelFlags_offimage", "?", "", "The source centre is off the image.",
-                       "base_PixelFlags_flag_offimage"))
+            cols.append(
+                Column(
+                    f"pixelFlags_{suffix}Center",
+                    "?",
+                    "",
+                    f"A pixel of the central 3x3 has mask plane {plane} set.",
+                    f"base_PixelFlags_flag_{suffix}Center",
+                )
+            )
+    cols.append(
+        Column(
+            "pixelFlags_offimage",
+            "?",
+            "",
+            "The source centre is off the image.",
+            "base_PixelFlags_flag_offimage",
+        )
+    )
     for name, dtype, unit, engine in _DIAGNOSTICS:
         cols.append(Column(name, dtype, unit, _engine_doc(engine), name, engine))
     return cols
@@ -132,23 +189,45 @@ def _common_columns(with_position_errors: bool) -> list[Column]:
 
 def source_columns() -> list[Column]:
     """Columns of ``crowdsource_source`` (DP1 ``Source`` names)."""
-    return ([Column("sourceId", "i8", "", "Unique source ID (visit and detector packed in "
-                    "when a data ID is known).", "id"),
-             Column("visit", "i8", "", "Visit ID (-1 when unknown)."),
-             Column("detector", "i4", "", "Detector ID (-1 when unknown).")]
-            + _common_columns(True)
-            + [Column("centroid_flag", "?", "", "The position is unreliable (did not "
-                      "converge, or no usable pixels).", "crowdsource_centroid_flag")])
+    return (
+        [
+            Column(
+                "sourceId",
+                "i8",
+                "",
+                "Unique source ID (visit and detector packed in when a data ID is known).",
+                "id",
+            ),
+            Column("visit", "i8", "", "Visit ID (-1 when unknown)."),
+            Column("detector", "i4", "", "Detector ID (-1 when unknown)."),
+        ]
+        + _common_columns(True)
+        + [
+            Column(
+                "centroid_flag",
+                "?",
+                "",
+                "The position is unreliable (did not converge, or no usable pixels).",
+                "crowdsource_centroid_flag",
+            )
+        ]
+    )
 
 
 def forced_source_columns() -> list[Column]:
     """Columns of ``crowdsource_forced_source`` (DP1 ``ForcedSource`` names)."""
-    return ([Column("objectId", "i8", "", "ID of the reference object (row index when the "
-                    "reference table has none).", "objectId"),
-             Column("forcedSourceId", "i8", "", "Unique ID of this measurement.", "id"),
-             Column("visit", "i8", "", "Visit ID (-1 when unknown)."),
-             Column("detector", "i4", "", "Detector ID (-1 when unknown).")]
-            + _common_columns(True))
+    return [
+        Column(
+            "objectId",
+            "i8",
+            "",
+            "ID of the reference object (row index when the reference table has none).",
+            "objectId",
+        ),
+        Column("forcedSourceId", "i8", "", "Unique ID of this measurement.", "id"),
+        Column("visit", "i8", "", "Visit ID (-1 when unknown)."),
+        Column("detector", "i4", "", "Detector ID (-1 when unknown)."),
+    ] + _common_columns(True)
 
 
 def empty_table(columns: list[Column]):
@@ -163,10 +242,17 @@ def empty_table(columns: list[Column]):
     return t
 
 
-def build_table(result, columns: list[Column], *, pixel_to_sky: Callable | None = None,
-                njy_per_count: float | None = None, ids: np.ndarray | None = None,
-                visit: int | None = None, detector: int | None = None,
-                extra: dict[str, np.ndarray] | None = None):
+def build_table(
+    result,
+    columns: list[Column],
+    *,
+    pixel_to_sky: Callable | None = None,
+    njy_per_count: float | None = None,
+    ids: np.ndarray | None = None,
+    visit: int | None = None,
+    detector: int | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+):
     """Fill an astropy table from an engine result.
 
     Parameters
@@ -203,20 +289,21 @@ def build_table(result, columns: list[Column], *, pixel_to_sky: Callable | None 
     scale = np.nan if njy_per_count is None else float(njy_per_count)
     values["psfFlux"] = eng["flux"] * scale
     values["psfFluxErr"] = eng["flux_err"] * scale
-    values["sourceId"] = values["forcedSourceId"] = (np.arange(1, n + 1, dtype=np.int64)
-                                                     if ids is None else ids)
+    values["sourceId"] = values["forcedSourceId"] = (
+        np.arange(1, n + 1, dtype=np.int64) if ids is None else ids
+    )
     values["visit"] = np.full(n, -1 if visit is None else visit, dtype=np.int64)
     values["detector"] = np.full(n, -1 if detector is None else detector, dtype=np.int32)
     for plane, (suffix, center) in PIXEL_FLAG_PLANES.items():
         values[f"pixelFlags_{suffix}"] = eng.get(f"mask_{plane}_any", np.zeros(n, bool))
         if center:
-            values[f"pixelFlags_{suffix}Center"] = eng.get(f"mask_{plane}_center",
-                                                           np.zeros(n, bool))
+            values[f"pixelFlags_{suffix}Center"] = eng.get(
+                f"mask_{plane}_center", np.zeros(n, bool)
+            )
     off = eng.get("off_image", np.zeros(n, bool))
     values["pixelFlags_offimage"] = off
     no_pix = eng["flag_no_good_pixels"]
-    values["psfFlux_flag"] = (eng["flag_fit_failed"] | no_pix | off
-                              | eng["flag_saturated_center"])
+    values["psfFlux_flag"] = eng["flag_fit_failed"] | no_pix | off | eng["flag_saturated_center"]
     values["centroid_flag"] = no_pix | ~np.isfinite(eng["x_err"]) | eng["flag_fit_failed"]
     if extra:
         values.update(extra)

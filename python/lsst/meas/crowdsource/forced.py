@@ -30,101 +30,143 @@ from .io.exposure import exposure_inputs
 from .io.outputs import afw_catalog, image_output
 from .photometry import history_metadata
 
-__all__ = ["CrowdsourceForcedPhotometryConnections", "CrowdsourceForcedPhotometryConfig",
-           "CrowdsourceForcedPhotometryTask", "reference_table"]
+__all__ = [
+    "CrowdsourceForcedPhotometryConnections",
+    "CrowdsourceForcedPhotometryConfig",
+    "CrowdsourceForcedPhotometryTask",
+    "reference_table",
+]
 
 #: Reference positions closer than this (pixels) are one position, fit once.
 DUPLICATE_TOLERANCE = 1e-3
 
 
-class CrowdsourceForcedPhotometryConnections(pipeBase.PipelineTaskConnections,
-                                             dimensions=("instrument", "visit", "detector")):
+class CrowdsourceForcedPhotometryConnections(
+    pipeBase.PipelineTaskConnections, dimensions=("instrument", "visit", "detector")
+):
     calexp = cT.Input(
         doc="Calibrated exposure to measure (image, mask, variance, PSF, WCS).",
-        name="calexp", storageClass="ExposureF",
-        dimensions=("instrument", "visit", "detector"))
+        name="calexp",
+        storageClass="ExposureF",
+        dimensions=("instrument", "visit", "detector"),
+    )
     refCat = cT.Input(
         doc="Reference positions: coord_ra/coord_dec (degrees) or x/y (PARENT pixels of "
-            "this exposure), optionally objectId.  Dimensions from refCatDimensions: none "
-            "for a target list shared by every visit, e.g. (skymap, tract) for object "
-            "tables, in which case every table overlapping the detector is read.",
-        name="crowdsource_forced_targets", storageClass="ArrowAstropy",
-        dimensions=(), multiple=True, deferLoad=True)
+        "this exposure), optionally objectId.  Dimensions from refCatDimensions: none "
+        "for a target list shared by every visit, e.g. (skymap, tract) for object "
+        "tables, in which case every table overlapping the detector is read.",
+        name="crowdsource_forced_targets",
+        storageClass="ArrowAstropy",
+        dimensions=(),
+        multiple=True,
+        deferLoad=True,
+    )
     forcedSourceTable = cT.Output(
         doc="Forced photometry, one row per reference row (Rubin DP1 ForcedSource names).",
-        name="crowdsource_forced_source", storageClass="ArrowAstropy",
-        dimensions=("instrument", "visit", "detector"))
+        name="crowdsource_forced_source",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "visit", "detector"),
+    )
     forcedSourceCat = cT.Output(
         doc="Forced photometry as an afw SourceCatalog with slot aliases.",
-        name="crowdsource_forced_src", storageClass="SourceCatalog",
-        dimensions=("instrument", "visit", "detector"))
+        name="crowdsource_forced_src",
+        storageClass="SourceCatalog",
+        dimensions=("instrument", "visit", "detector"),
+    )
     model = cT.Output(
         doc="Model of the image: the reference sources, every source found in the image, "
-            "and the sky.",
-        name="crowdsource_forced_model", storageClass="ImageF",
-        dimensions=("instrument", "visit", "detector"))
+        "and the sky.",
+        name="crowdsource_forced_model",
+        storageClass="ImageF",
+        dimensions=("instrument", "visit", "detector"),
+    )
 
     def __init__(self, *, config=None):
         super().__init__(config=config)
         self.calexp = dataclasses.replace(self.calexp, storageClass=config.calexpStorageClass)
-        self.refCat = dataclasses.replace(self.refCat, storageClass=config.refCatStorageClass,
-                                          dimensions=frozenset(config.refCatDimensions))
+        self.refCat = dataclasses.replace(
+            self.refCat,
+            storageClass=config.refCatStorageClass,
+            dimensions=frozenset(config.refCatDimensions),
+        )
         self.model = dataclasses.replace(self.model, storageClass=config.imageStorageClass)
         if not config.doWriteAfwCatalog:
             del self.forcedSourceCat
 
 
-class CrowdsourceForcedPhotometryConfig(CrowdsourceBaseConfig, pipeBase.PipelineTaskConfig,
-                                        pipelineConnections=CrowdsourceForcedPhotometryConnections):
+class CrowdsourceForcedPhotometryConfig(
+    CrowdsourceBaseConfig,
+    pipeBase.PipelineTaskConfig,
+    pipelineConnections=CrowdsourceForcedPhotometryConnections,
+):
     """Configuration of `CrowdsourceForcedPhotometryTask`."""
 
     findNewSources = pexConfig.Field(
-        dtype=bool, default=True,
+        dtype=bool,
+        default=True,
         doc="Also find and fit every other source in the image, so that neighbours of the "
-            "reference positions are modelled instead of leaking into their fluxes.  Off: "
-            "only the reference positions are fit, with the exposure's PSF as it is (no "
-            "refit); neighbours not in the reference table then leak in as they do in "
-            "independent forced photometry.")
+        "reference positions are modelled instead of leaking into their fluxes.  Off: "
+        "only the reference positions are fit, with the exposure's PSF as it is (no "
+        "refit); neighbours not in the reference table then leak in as they do in "
+        "independent forced photometry.",
+    )
     refinePositions = pexConfig.Field(
-        dtype=float, default=0.0,
+        dtype=float,
+        default=0.0,
         doc="Largest distance (pixels) a reference position may move while the fit "
-            "refines it; 0 keeps every position fixed.")
+        "refines it; 0 keeps every position fixed.",
+    )
     positionColumns = pexConfig.ChoiceField(
-        dtype=str, default="auto",
-        allowed={"auto": "coord_ra/coord_dec when the reference table has them, else x/y",
-                 "sky": "coord_ra/coord_dec (degrees; needs the exposure's WCS)",
-                 "pixel": "x/y, PARENT pixel coordinates of this exposure"},
+        dtype=str,
+        default="auto",
+        allowed={
+            "auto": "coord_ra/coord_dec when the reference table has them, else x/y",
+            "sky": "coord_ra/coord_dec (degrees; needs the exposure's WCS)",
+            "pixel": "x/y, PARENT pixel coordinates of this exposure",
+        },
         doc="Which reference columns give the positions.  Object tables also carry x/y in "
-            "their coadd's pixels, so 'auto' prefers the sky coordinates.")
+        "their coadd's pixels, so 'auto' prefers the sky coordinates.",
+    )
     dropOffImage = pexConfig.Field(
-        dtype=bool, default=False,
+        dtype=bool,
+        default=False,
         doc="Leave out reference rows that fall off the exposure.  Off (default): every "
-            "reference row gets an output row, NaN fluxes and pixelFlags_offimage off the "
-            "image.  Turn on with object tables covering a whole tract, of which one "
-            "detector sees a small part.")
+        "reference row gets an output row, NaN fluxes and pixelFlags_offimage off the "
+        "image.  Turn on with object tables covering a whole tract, of which one "
+        "detector sees a small part.",
+    )
     refCatStorageClass = pexConfig.ChoiceField(
-        dtype=str, default="ArrowAstropy",
-        allowed={"ArrowAstropy": "astropy Table (parquet)",
-                 "ArrowTable": "pyarrow Table (parquet)",
-                 "ArrowNumpy": "numpy structured array (parquet)",
-                 "DataFrame": "pandas DataFrame (parquet; objectId may be the index)"},
-        doc="Storage class of the reference catalogue connection.")
+        dtype=str,
+        default="ArrowAstropy",
+        allowed={
+            "ArrowAstropy": "astropy Table (parquet)",
+            "ArrowTable": "pyarrow Table (parquet)",
+            "ArrowNumpy": "numpy structured array (parquet)",
+            "DataFrame": "pandas DataFrame (parquet; objectId may be the index)",
+        },
+        doc="Storage class of the reference catalogue connection.",
+    )
     refCatDimensions = pexConfig.ListField(
-        dtype=str, default=[],
+        dtype=str,
+        default=[],
         doc="Dimensions of the reference catalogue dataset type: none for one target list "
-            "used by every visit and detector; e.g. ['skymap', 'tract'] for object tables "
-            "(every tract overlapping the detector is read and the tables stacked).")
+        "used by every visit and detector; e.g. ['skymap', 'tract'] for object tables "
+        "(every tract overlapping the detector is read and the tables stacked).",
+    )
 
     def validate(self):
         super().validate()
         if not self.refinePositions >= 0:
             raise pexConfig.FieldValidationError(
-                type(self).refinePositions, self, "refinePositions must be >= 0 pixels.")
+                type(self).refinePositions, self, "refinePositions must be >= 0 pixels."
+            )
         if set(self.refCatDimensions) & {"visit", "detector"}:
             raise pexConfig.FieldValidationError(
-                type(self).refCatDimensions, self,
+                type(self).refCatDimensions,
+                self,
                 "A reference catalogue per visit or detector is not a reference catalogue; "
-                "use no dimensions, or e.g. skymap and tract.")
+                "use no dimensions, or e.g. skymap and tract.",
+            )
 
 
 def reference_table(refTable):
@@ -152,8 +194,10 @@ def reference_table(refTable):
     try:
         return Table(refTable)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"Cannot use a {type(refTable).__name__} as a reference table: give "
-                        "an astropy Table (or anything astropy.table.Table accepts).") from err
+        raise TypeError(
+            f"Cannot use a {type(refTable).__name__} as a reference table: give "
+            "an astropy Table (or anything astropy.table.Table accepts)."
+        ) from err
 
 
 def _column(table, name, unit=None) -> np.ndarray:
@@ -196,8 +240,12 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
         handles = sorted(handles, key=lambda h: tuple(h.dataId.required_values))
         refTable = self.readReferences(handles)
         data_id = butlerQC.quantum.dataId
-        outputs = self.run(exposure=exposure, refTable=refTable, visit=data_id["visit"],
-                           detector=data_id["detector"])
+        outputs = self.run(
+            exposure=exposure,
+            refTable=refTable,
+            visit=data_id["visit"],
+            detector=data_id["detector"],
+        )
         butlerQC.put(outputs, outputRefs)
 
     def readReferences(self, handles):
@@ -218,16 +266,18 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
         tables = []
         for handle in handles:
             available = set(handle.get(component="columns"))
-            wanted = [c for c in ("objectId", "coord_ra", "coord_dec", "x", "y")
-                      if c in available]
+            wanted = [c for c in ("objectId", "coord_ra", "coord_dec", "x", "y") if c in available]
             if self.config.refCatStorageClass == "DataFrame" or not wanted:
                 data = handle.get()  # the index (objectId) is not a column; read all
             else:
                 data = handle.get(parameters={"columns": wanted})
             tables.append(reference_table(data))
-            self.log.info("Read %d reference rows from %s.", len(tables[-1]),
-                          handle.ref.datasetType.name
-                          + (f" {handle.dataId}" if handle.dataId.required else ""))
+            self.log.info(
+                "Read %d reference rows from %s.",
+                len(tables[-1]),
+                handle.ref.datasetType.name
+                + (f" {handle.dataId}" if handle.dataId.required else ""),
+            )
         if len(tables) == 1:
             return tables[0]
         return vstack(tables, join_type="exact", metadata_conflicts="silent")
@@ -258,14 +308,16 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
             raise InputError(
                 f"The reference table lacks the column(s) {', '.join(missing)}: it needs "
                 "coord_ra and coord_dec (ICRS degrees) or x and y (PARENT pixels of the "
-                f"exposure); it has {', '.join(refTable.colnames) or 'no columns'}.")
+                f"exposure); it has {', '.join(refTable.colnames) or 'no columns'}."
+            )
         if mode == "pixel":
             return _column(refTable, "x"), _column(refTable, "y"), None, None
         if inputs.sky_to_pixel is None:
             raise InputError(
                 "The reference table gives sky positions (coord_ra, coord_dec) but the "
                 "exposure has no WCS to place them; give x and y (PARENT pixels) and set "
-                "positionColumns='pixel', or attach a WCS to the exposure.")
+                "positionColumns='pixel', or attach a WCS to the exposure."
+            )
         ra = _column(refTable, "coord_ra", "deg")
         dec = _column(refTable, "coord_dec", "deg")
         x = np.full(len(ra), np.nan)
@@ -321,17 +373,23 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
         finite = np.isfinite(x) & np.isfinite(y)
         ny, nx = inputs.image.shape
         x0, y0 = inputs.xy0
-        on_image = (finite & (x >= x0 - 0.5) & (x < x0 + nx - 0.5)
-                    & (y >= y0 - 0.5) & (y < y0 + ny - 0.5))
+        on_image = (
+            finite & (x >= x0 - 0.5) & (x < x0 + nx - 0.5) & (y >= y0 - 0.5) & (y < y0 + ny - 0.5)
+        )
         if self.config.dropOffImage:
             keep = np.nonzero(on_image)[0]
-            self.log.info("Keeping the %d of %d reference rows that fall on the exposure.",
-                          keep.size, len(ref))
+            self.log.info(
+                "Keeping the %d of %d reference rows that fall on the exposure.",
+                keep.size,
+                len(ref),
+            )
             x, y, object_id, finite = x[keep], y[keep], object_id[keep], finite[keep]
             ra, dec = (None, None) if ra is None else (ra[keep], dec[keep])
         elif (~finite).any():
-            self.log.warning("%d reference row(s) have no finite position; their fluxes "
-                             "are NaN.", int((~finite).sum()))
+            self.log.warning(
+                "%d reference row(s) have no finite position; their fluxes are NaN.",
+                int((~finite).sum()),
+            )
         n = len(x)
         # Positions without a finite value go far off the image, so that the
         # engine gives them its off-image rows; coincident ones are fit once.
@@ -347,28 +405,44 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
         unique = first[order]
         row_of = rank[inverse]  # for each reference row, its fit position
         if unique.size < n:
-            self.log.warning("%d reference row(s) repeat an earlier position (within %g px); "
-                             "each is given the measurement of that position.",
-                             n - unique.size, DUPLICATE_TOLERANCE)
+            self.log.warning(
+                "%d reference row(s) repeat an earlier position (within %g px); "
+                "each is given the measurement of that position.",
+                n - unique.size,
+                DUPLICATE_TOLERANCE,
+            )
 
-        self.log.info("Forced photometry of %d reference position(s) on a %dx%d exposure%s%s.",
-                      n, nx, ny,
-                      "" if visit is None else f" (visit {visit}, detector {detector})",
-                      ", fit with every source found in the image" if self.config.findNewSources
-                      else "")
-        result = fit_image(inputs.image, log=self.log, forced_x=fx[unique], forced_y=fy[unique],
-                           find_new=self.config.findNewSources,
-                           refine_forced=self.config.refinePositions,
-                           **engine_arguments(inputs, self.config))
+        self.log.info(
+            "Forced photometry of %d reference position(s) on a %dx%d exposure%s%s.",
+            n,
+            nx,
+            ny,
+            "" if visit is None else f" (visit {visit}, detector {detector})",
+            ", fit with every source found in the image" if self.config.findNewSources else "",
+        )
+        result = fit_image(
+            inputs.image,
+            log=self.log,
+            forced_x=fx[unique],
+            forced_y=fy[unique],
+            find_new=self.config.findNewSources,
+            refine_forced=self.config.refinePositions,
+            **engine_arguments(inputs, self.config),
+        )
         cols = result.columns
-        if not np.array_equal(cols["forced_index"][:unique.size], np.arange(unique.size)):
+        if not np.array_equal(cols["forced_index"][: unique.size], np.arange(unique.size)):
             raise RuntimeError("The engine did not return one row per forced position.")
-        forced = {name: arr[:unique.size][row_of] for name, arr in cols.items()}
-        table = build_table(dataclasses.replace(result, columns=forced), forced_source_columns(),
-                            pixel_to_sky=inputs.pixel_to_sky,
-                            njy_per_count=inputs.njy_per_count,
-                            ids=make_ids(n, visit, detector, self.config),
-                            visit=visit, detector=detector, extra={"objectId": object_id})
+        forced = {name: arr[: unique.size][row_of] for name, arr in cols.items()}
+        table = build_table(
+            dataclasses.replace(result, columns=forced),
+            forced_source_columns(),
+            pixel_to_sky=inputs.pixel_to_sky,
+            njy_per_count=inputs.njy_per_count,
+            ids=make_ids(n, visit, detector, self.config),
+            visit=visit,
+            detector=detector,
+            extra={"objectId": object_id},
+        )
         if ra is not None and self.config.refinePositions == 0:
             # Fixed positions: report the reference coordinates themselves.
             table["coord_ra"][:] = ra
@@ -382,11 +456,18 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
         self.metadata["nReference"] = n
         self.metadata["nFound"] = int(len(result) - unique.size)
         n_good = int(np.sum(~table["psfFlux_flag"]))
-        self.log.info("Measured %d reference positions (%d with a usable PSF flux, %d off the "
-                      "image) together with %d sources found in the image.", n, n_good,
-                      int(np.sum(table["pixelFlags_offimage"])), len(result) - unique.size)
+        self.log.info(
+            "Measured %d reference positions (%d with a usable PSF flux, %d off the "
+            "image) together with %d sources found in the image.",
+            n,
+            n_good,
+            int(np.sum(table["pixelFlags_offimage"])),
+            len(result) - unique.size,
+        )
         source_cat = afw_catalog(table, forced_source_columns(), self.config, self.log)
         return pipeBase.Struct(
-            forcedSourceTable=table, forcedSourceCat=source_cat,
+            forcedSourceTable=table,
+            forcedSourceCat=source_cat,
             model=image_output(result.model, inputs.xy0, self.config.imageStorageClass),
-            fit=result)
+            fit=result,
+        )

@@ -23,70 +23,96 @@ from .ids import make_ids
 from .io.exposure import exposure_inputs
 from .io.outputs import afw_catalog, image_output
 
-__all__ = ["CrowdsourcePhotometryConnections", "CrowdsourcePhotometryConfig",
-           "CrowdsourcePhotometryTask"]
+__all__ = [
+    "CrowdsourcePhotometryConnections",
+    "CrowdsourcePhotometryConfig",
+    "CrowdsourcePhotometryTask",
+]
 
 
-class CrowdsourcePhotometryConnections(pipeBase.PipelineTaskConnections,
-                                       dimensions=("instrument", "visit", "detector")):
+class CrowdsourcePhotometryConnections(
+    pipeBase.PipelineTaskConnections, dimensions=("instrument", "visit", "detector")
+):
     calexp = cT.Input(
         doc="Calibrated exposure to fit (image, mask, variance, PSF, WCS).",
-        name="calexp", storageClass="ExposureF",
-        dimensions=("instrument", "visit", "detector"))
+        name="calexp",
+        storageClass="ExposureF",
+        dimensions=("instrument", "visit", "detector"),
+    )
     calexpBackground = cT.Input(
         doc="Background subtracted from the calexp; added back before the fit when "
-            "doAddBackground is set, so that crowdsource models the sky itself.",
-        name="calexpBackground", storageClass="Background",
-        dimensions=("instrument", "visit", "detector"))
+        "doAddBackground is set, so that crowdsource models the sky itself.",
+        name="calexpBackground",
+        storageClass="Background",
+        dimensions=("instrument", "visit", "detector"),
+    )
     sourceTable = cT.Output(
         doc="Crowdsource catalogue (Rubin DP1 Source column names).",
-        name="crowdsource_source", storageClass="ArrowAstropy",
-        dimensions=("instrument", "visit", "detector"))
+        name="crowdsource_source",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "visit", "detector"),
+    )
     sourceCat = cT.Output(
         doc="Crowdsource catalogue as an afw SourceCatalog with slot aliases.",
-        name="crowdsource_src", storageClass="SourceCatalog",
-        dimensions=("instrument", "visit", "detector"))
+        name="crowdsource_src",
+        storageClass="SourceCatalog",
+        dimensions=("instrument", "visit", "detector"),
+    )
     model = cT.Output(
         doc="Model of the image: every source plus the sky.",
-        name="crowdsource_model", storageClass="ImageF",
-        dimensions=("instrument", "visit", "detector"))
+        name="crowdsource_model",
+        storageClass="ImageF",
+        dimensions=("instrument", "visit", "detector"),
+    )
     background = cT.Output(
         doc="The sky part of the model.",
-        name="crowdsource_background", storageClass="ImageF",
-        dimensions=("instrument", "visit", "detector"))
+        name="crowdsource_background",
+        storageClass="ImageF",
+        dimensions=("instrument", "visit", "detector"),
+    )
     psf = cT.Output(
         doc="Final PSF model (plain data; lsst.meas.crowdsource.engine.psf_io.psf_from_dict).",
-        name="crowdsource_psf", storageClass="StructuredDataDict",
-        dimensions=("instrument", "visit", "detector"))
+        name="crowdsource_psf",
+        storageClass="StructuredDataDict",
+        dimensions=("instrument", "visit", "detector"),
+    )
 
     def __init__(self, *, config=None):
         super().__init__(config=config)
         self.calexp = dataclasses.replace(self.calexp, storageClass=config.calexpStorageClass)
         self.model = dataclasses.replace(self.model, storageClass=config.imageStorageClass)
-        self.background = dataclasses.replace(self.background,
-                                              storageClass=config.imageStorageClass)
+        self.background = dataclasses.replace(
+            self.background, storageClass=config.imageStorageClass
+        )
         if not config.doAddBackground:
             del self.calexpBackground
         if not config.doWriteAfwCatalog:
             del self.sourceCat
 
 
-class CrowdsourcePhotometryConfig(CrowdsourceBaseConfig, pipeBase.PipelineTaskConfig,
-                                  pipelineConnections=CrowdsourcePhotometryConnections):
+class CrowdsourcePhotometryConfig(
+    CrowdsourceBaseConfig,
+    pipeBase.PipelineTaskConfig,
+    pipelineConnections=CrowdsourcePhotometryConnections,
+):
     """Configuration of `CrowdsourcePhotometryTask`."""
 
     doAddBackground = pexConfig.Field(
-        dtype=bool, default=False,
+        dtype=bool,
+        default=False,
         doc="Add calexpBackground back to the image before fitting (the fit models the "
-            "sky itself, so this is only needed when the subtracted background should be "
-            "replaced by crowdsource's).")
+        "sky itself, so this is only needed when the subtracted background should be "
+        "replaced by crowdsource's).",
+    )
 
     def validate(self):
         super().validate()
         if self.doAddBackground and self.calexpStorageClass == "CrowdsourceCCDData":
             raise pexConfig.FieldValidationError(
-                type(self).doAddBackground, self,
-                "doAddBackground needs an afw Background and so the ExposureF storage class.")
+                type(self).doAddBackground,
+                self,
+                "doAddBackground needs an afw Background and so the ExposureF storage class.",
+            )
 
 
 class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
@@ -104,8 +130,12 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
     def runQuantum(self, butlerQC, inputRefs, outputRefs):
         inputs = butlerQC.get(inputRefs)
         data_id = butlerQC.quantum.dataId
-        outputs = self.run(exposure=inputs["calexp"], background=inputs.get("calexpBackground"),
-                           visit=data_id["visit"], detector=data_id["detector"])
+        outputs = self.run(
+            exposure=inputs["calexp"],
+            background=inputs.get("calexpBackground"),
+            visit=data_id["visit"],
+            detector=data_id["detector"],
+        )
         butlerQC.put(outputs, outputRefs)
 
     @timeMethod
@@ -139,23 +169,35 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
 
             image = image + background_image(background, image.shape)
         ny, nx = image.shape
-        self.log.info("Fitting a %dx%d exposure%s.", nx, ny,
-                      "" if visit is None else f" (visit {visit}, detector {detector})")
+        self.log.info(
+            "Fitting a %dx%d exposure%s.",
+            nx,
+            ny,
+            "" if visit is None else f" (visit {visit}, detector {detector})",
+        )
         result = fit_image(image, log=self.log, **engine_arguments(inputs, self.config))
-        table = build_table(result, source_columns(), pixel_to_sky=inputs.pixel_to_sky,
-                            njy_per_count=inputs.njy_per_count,
-                            ids=make_ids(len(result), visit, detector, self.config),
-                            visit=visit, detector=detector)
+        table = build_table(
+            result,
+            source_columns(),
+            pixel_to_sky=inputs.pixel_to_sky,
+            njy_per_count=inputs.njy_per_count,
+            ids=make_ids(len(result), visit, detector, self.config),
+            visit=visit,
+            detector=detector,
+        )
         table.meta["crowdsource_psf_fwhm"] = float(result.psf.fwhm())
         history_metadata(self.metadata, result)
         n_good = int(np.sum(~table["psfFlux_flag"]))
         self.log.info("Measured %d sources (%d with a usable PSF flux).", len(table), n_good)
         source_cat = afw_catalog(table, source_columns(), self.config, self.log)
         return pipeBase.Struct(
-            sourceTable=table, sourceCat=source_cat,
+            sourceTable=table,
+            sourceCat=source_cat,
             model=image_output(result.model, inputs.xy0, self.config.imageStorageClass),
             background=image_output(result.sky, inputs.xy0, self.config.imageStorageClass),
-            psf=psf_to_dict(result.psf, result.xy0), fit=result)
+            psf=psf_to_dict(result.psf, result.xy0),
+            fit=result,
+        )
 
 
 def history_metadata(metadata, result: FitResult) -> None:

@@ -10,5 +10,14 @@ from .fit_image import FitResult, fit_image
 from .params import FitParams
 from .psf import PixelPsf, gaussian_stamp, moffat_stamp
 
-__all__ = ["ENGINE_COLUMNS", "FitParams", "FitResult", "InputError", "PixelPsf",
-           "empty_columns", "fit_image", "gaussian_stamp", "moffat_stamp"]
+__all__ = [
+    "ENGINE_COLUMNS",
+    "FitParams",
+    "FitResult",
+    "InputError",
+    "PixelPsf",
+    "empty_columns",
+    "fit_image",
+    "gaussian_stamp",
+    "moffat_stamp",
+]

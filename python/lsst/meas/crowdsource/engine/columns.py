@@ -16,34 +16,65 @@ ENGINE_COLUMNS: dict[str, tuple[str, str, str]] = {
     "y": ("f8", "pix", "Row position (PARENT coordinates, pixel centres at integers)."),
     "x_err": ("f4", "pix", "1-sigma uncertainty of x from the last position fit."),
     "y_err": ("f4", "pix", "1-sigma uncertainty of y from the last position fit."),
-    "flux": ("f8", "image", "PSF flux from the simultaneous fit of all sources at the "
-                            "final positions (the PSF is normalised to unit total flux)."),
-    "flux_err": ("f8", "image", "1-sigma flux uncertainty, including the covariance with "
-                                "the fluxes of the direct neighbours."),
+    "flux": (
+        "f8",
+        "image",
+        "PSF flux from the simultaneous fit of all sources at the "
+        "final positions (the PSF is normalised to unit total flux).",
+    ),
+    "flux_err": (
+        "f8",
+        "image",
+        "1-sigma flux uncertainty, including the covariance with "
+        "the fluxes of the direct neighbours.",
+    ),
     "sky": ("f8", "image", "Sky level per pixel at the source position."),
     "qf": ("f4", "", "PSF-weighted fraction of the source's pixels that are usable."),
     "rchi2": ("f4", "", "PSF-weighted mean chi^2 of the residual around the source."),
-    "fracflux": ("f4", "", "PSF-weighted fraction of the modelled light around the "
-                           "source that comes from the source itself."),
-    "flux_lbs": ("f8", "image", "Flux fit together with a local constant background on the "
-                                "neighbour-subtracted stamp."),
+    "fracflux": (
+        "f4",
+        "",
+        "PSF-weighted fraction of the modelled light around the "
+        "source that comes from the source itself.",
+    ),
+    "flux_lbs": (
+        "f8",
+        "image",
+        "Flux fit together with a local constant background on the neighbour-subtracted stamp.",
+    ),
     "flux_lbs_err": ("f8", "image", "1-sigma uncertainty of flux_lbs."),
-    "flux_iso": ("f8", "image", "Flux fit on the neighbour-subtracted stamp, with the "
-                                "position free."),
+    "flux_iso": (
+        "f8",
+        "image",
+        "Flux fit on the neighbour-subtracted stamp, with the position free.",
+    ),
     "x_iso": ("f8", "pix", "Column position from the fit on the neighbour-subtracted stamp."),
     "y_iso": ("f8", "pix", "Row position from the fit on the neighbour-subtracted stamp."),
-    "fwhm": ("f4", "pix", "FWHM of the source from PSF-weighted second moments of the "
-                          "neighbour-subtracted stamp."),
-    "spread_model": ("f4", "", "SExtractor-style spread_model (0 for point sources, "
-                               "positive for extended)."),
+    "fwhm": (
+        "f4",
+        "pix",
+        "FWHM of the source from PSF-weighted second moments of the neighbour-subtracted stamp.",
+    ),
+    "spread_model": (
+        "f4",
+        "",
+        "SExtractor-style spread_model (0 for point sources, positive for extended).",
+    ),
     "spread_model_err": ("f4", "", "1-sigma uncertainty of spread_model."),
-    "pass_found": ("i2", "", "Pass of the main loop in which the source was found "
-                             "(-1 for positions given as input)."),
+    "pass_found": (
+        "i2",
+        "",
+        "Pass of the main loop in which the source was found (-1 for positions given as input).",
+    ),
     "forced_index": ("i8", "", "Row of the input position list for forced sources, else -1."),
     "flag_edge": ("?", "", "The PSF core of the source runs off the image."),
-    "flag_no_good_pixels": ("?", "", "No usable pixel in the source's stamp (for a forced "
-                                     "position: usable fraction of the PSF core below "
-                                     "forced_min_qf; not fit, flux NaN)."),
+    "flag_no_good_pixels": (
+        "?",
+        "",
+        "No usable pixel in the source's stamp (for a forced "
+        "position: usable fraction of the PSF core below "
+        "forced_min_qf; not fit, flux NaN).",
+    ),
     "flag_fit_failed": ("?", "", "The fit gave no finite flux."),
     "flag_saturated_center": ("?", "", "The central pixel is saturated."),
     "off_image": ("?", "", "A forced position off the image: not fit, flux NaN."),
@@ -58,8 +89,14 @@ def empty_columns() -> dict[str, np.ndarray]:
 def pixel_flag_columns(plane: str) -> dict[str, tuple[str, str, str]]:
     """The two columns produced for one mask plane."""
     return {
-        f"mask_{plane}_any": ("?", "", f"A pixel within the PSF core of the source has "
-                                       f"mask plane {plane} set."),
-        f"mask_{plane}_center": ("?", "", f"A pixel of the central 3x3 of the source has "
-                                          f"mask plane {plane} set."),
+        f"mask_{plane}_any": (
+            "?",
+            "",
+            f"A pixel within the PSF core of the source has mask plane {plane} set.",
+        ),
+        f"mask_{plane}_center": (
+            "?",
+            "",
+            f"A pixel of the central 3x3 of the source has mask plane {plane} set.",
+        ),
     }

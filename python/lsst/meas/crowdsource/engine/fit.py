@@ -95,8 +95,17 @@ class _Sources:
         self.y_start = np.concatenate([self.y_start, y])
 
     def keep(self, mask):
-        for name in ("x", "y", "flux", "gx", "gy", "pass_found", "forced_index",
-                     "x_start", "y_start"):
+        for name in (
+            "x",
+            "y",
+            "flux",
+            "gx",
+            "gy",
+            "pass_found",
+            "forced_index",
+            "x_start",
+            "y_start",
+        ):
             setattr(self, name, getattr(self, name)[mask])
 
     @property
@@ -119,8 +128,9 @@ def _merge_close(src: _Sources, radius: float, forced_radius: float = 0.0) -> in
     pairs = cKDTree(np.column_stack([src.x, src.y])).query_pairs(reach, output_type="ndarray")
     if len(pairs) == 0:
         return 0
-    dist = np.hypot(src.x[pairs[:, 0]] - src.x[pairs[:, 1]],
-                    src.y[pairs[:, 0]] - src.y[pairs[:, 1]])
+    dist = np.hypot(
+        src.x[pairs[:, 0]] - src.x[pairs[:, 1]], src.y[pairs[:, 0]] - src.y[pairs[:, 1]]
+    )
     with_forced = src.forced[pairs[:, 0]] | src.forced[pairs[:, 1]]
     pairs = pairs[np.where(with_forced, dist <= forced_radius, dist <= radius)]
     if len(pairs) == 0:
@@ -142,8 +152,9 @@ def _merge_close(src: _Sources, radius: float, forced_radius: float = 0.0) -> in
     return int(drop.sum())
 
 
-def _sky_pixels(good: np.ndarray, model: np.ndarray, weight: np.ndarray,
-                params: FitParams) -> np.ndarray:
+def _sky_pixels(
+    good: np.ndarray, model: np.ndarray, weight: np.ndarray, params: FitParams
+) -> np.ndarray:
     """Pixels the boxed sky is measured on: usable and not under a bright model.
 
     Leaving out pixels where the model of the sources is brighter than
@@ -172,8 +183,12 @@ def _sky_model(model, wings, src, groups, size_idx, sizes, psf, shape):
     nf = np.where(neg, np.nan_to_num(src.flux), 0.0)
     gx = np.where(neg, np.nan_to_num(src.gx), 0.0)
     gy = np.where(neg, np.nan_to_num(src.gy), 0.0)
-    return (model + wings - scene_image(groups, nf, shape, gx, gy)
-            - wing_image(src.x, src.y, nf, size_idx, sizes, psf, shape))
+    return (
+        model
+        + wings
+        - scene_image(groups, nf, shape, gx, gy)
+        - wing_image(src.x, src.y, nf, size_idx, sizes, psf, shape)
+    )
 
 
 def _pixel_noise(weight: np.ndarray) -> float:
@@ -198,12 +213,21 @@ def _broadened(psf: PixelPsf, fwhm: float) -> PixelPsf:
     return PixelPsf(coeffs, psf.order, psf.center, psf.scale, psf.core)
 
 
-def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
-             psf: PixelPsf | None, params: FitParams, origin: tuple[int, int] = (0, 0),
-             forced_x: np.ndarray | None = None, forced_y: np.ndarray | None = None,
-             find_new: bool = True, refine_forced: float = 0.0,
-             psf_bbox: tuple[float, float, float, float] | None = None,
-             log: logging.Logger | None = None, label: str = "") -> TileFit:
+def fit_tile(
+    image: np.ndarray,
+    weight: np.ndarray,
+    saturated: np.ndarray,
+    psf: PixelPsf | None,
+    params: FitParams,
+    origin: tuple[int, int] = (0, 0),
+    forced_x: np.ndarray | None = None,
+    forced_y: np.ndarray | None = None,
+    find_new: bool = True,
+    refine_forced: float = 0.0,
+    psf_bbox: tuple[float, float, float, float] | None = None,
+    log: logging.Logger | None = None,
+    label: str = "",
+) -> TileFit:
     """Run the crowdsource loop on one array.
 
     Parameters
@@ -254,8 +278,9 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
     sizes = resolve_stamp_sizes(params, fwhm)
     large = max(sizes)
     if psf.size < large:
-        psf = PixelPsf(extend_with_wings(psf.coeffs, large), psf.order, psf.center,
-                       psf.scale, psf.core)
+        psf = PixelPsf(
+            extend_with_wings(psf.coeffs, large), psf.order, psf.center, psf.scale, psf.core
+        )
     core = _core_size(params, fwhm, psf.size)
     sized_for = fwhm  # the FWHM the stamp and core sizes were derived from
     noise = _pixel_noise(weight)
@@ -269,8 +294,7 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
         # A forced position whose PSF core has (almost) no usable pixel has an
         # unconstrained flux that can run away and wreck the whole fit: it
         # is not fit and gets a NaN row instead.
-        qf0 = _usable_fraction(fx_all, fy_all, psf, sizes[min(1, len(sizes) - 1)], weight,
-                               origin)
+        qf0 = _usable_fraction(fx_all, fy_all, psf, sizes[min(1, len(sizes) - 1)], weight, origin)
         fit_ok = qf0 >= params.forced_min_qf
         unfit = np.nonzero(~fit_ok)[0]
         keep = np.nonzero(fit_ok)[0]
@@ -289,8 +313,12 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
         if it < params.n_coarse_sky:
             sky = np.full(image.shape, global_sky(image - sky_model, good))
         else:
-            sky = boxed_sky(image - sky_model, _sky_pixels(good, sky_model, weight, params),
-                            params.sky_box, params.sky_smooth)
+            sky = boxed_sky(
+                image - sky_model,
+                _sky_pixels(good, sky_model, weight, params),
+                params.sky_box,
+                params.sky_smooth,
+            )
         # --- new peaks in the residual
         n_new = 0
         if find_new:
@@ -299,33 +327,73 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
                 sat_wings = saturated_wings(saturated, params.saturated_exclusion * sized_for)
             kernel = psf.stamp(*psf.center, size=sizes[1] if len(sizes) > 1 else sizes[0])
             resid = image - sky - model - wings
-            peaks = find_peaks(resid, weight, saturated, model, kernel, src.x, src.y,
-                               params, first_pass=(it == 0), fwhm=fwhm,
-                               wings_of_saturated=sat_wings)
+            peaks = find_peaks(
+                resid,
+                weight,
+                saturated,
+                model,
+                kernel,
+                src.x,
+                src.y,
+                params,
+                first_pass=(it == 0),
+                fwhm=fwhm,
+                wings_of_saturated=sat_wings,
+            )
             if it == 0 and saturated.any():
                 mf = MatchedFilter.compute(resid, weight, kernel, with_coverage=False)
                 sat = saturated_sources(saturated, mf.flux)
-                peaks = Peaks(*(np.concatenate([a, b]) for a, b in
-                                zip((peaks.x, peaks.y, peaks.flux, peaks.significance),
-                                    (sat.x, sat.y, sat.flux, sat.significance))))
+                peaks = Peaks(
+                    *(
+                        np.concatenate([a, b])
+                        for a, b in zip(
+                            (peaks.x, peaks.y, peaks.flux, peaks.significance),
+                            (sat.x, sat.y, sat.flux, sat.significance),
+                        )
+                    )
+                )
             src.add(peaks.x, peaks.y, peaks.flux, it)
             n_new = len(peaks)
         n = len(src)
         if n == 0:
-            history.append(dict(iteration=it, n_sources=0, n_new=0, sky=float(np.median(sky)),
-                                seconds=time.perf_counter() - t0))
+            history.append(
+                dict(
+                    iteration=it,
+                    n_sources=0,
+                    n_new=0,
+                    sky=float(np.median(sky)),
+                    seconds=time.perf_counter() - t0,
+                )
+            )
             log.info("%spass %d: no sources; sky %.3g", label, it, float(np.median(sky)))
             continue
 
         # --- simultaneous fit of fluxes and position derivatives
         size_idx = choose_stamp_sizes(src.flux, psf, sizes, noise, params.stamp_noise_fraction)
         groups = render_scene(src.x, src.y, size_idx, sizes, psf, image.shape, True, origin)
-        lin = solve_scene(groups, n, image - sky - wings, weight, True, src.flux, src.gx, src.gy,
-                          sky_basis, params.cg_rtol, params.cg_maxiter, params.derivative_ridge,
-                          solver=params.solver)
+        lin = solve_scene(
+            groups,
+            n,
+            image - sky - wings,
+            weight,
+            True,
+            src.flux,
+            src.gx,
+            src.gy,
+            sky_basis,
+            params.cg_rtol,
+            params.cg_maxiter,
+            params.derivative_ridge,
+            solver=params.solver,
+        )
         src.flux, src.gx, src.gy = lin.flux, lin.gx, lin.gy
-        model = scene_image(groups, np.nan_to_num(src.flux), image.shape,
-                            np.nan_to_num(src.gx), np.nan_to_num(src.gy))
+        model = scene_image(
+            groups,
+            np.nan_to_num(src.flux),
+            image.shape,
+            np.nan_to_num(src.gx),
+            np.nan_to_num(src.gy),
+        )
         if lin.sky_terms is not None:
             sky = sky + (sky_basis @ lin.sky_terms).reshape(image.shape)
         wings = wing_image(src.x, src.y, src.flux, size_idx, sizes, psf, image.shape)
@@ -333,8 +401,16 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
 
         # --- centroids on neighbour-subtracted stamps
         resid = image - sky - model - wings
-        meas = measure_sources(groups, n, np.nan_to_num(src.flux), np.nan_to_num(src.gx),
-                               np.nan_to_num(src.gy), resid, weight, model)
+        meas = measure_sources(
+            groups,
+            n,
+            np.nan_to_num(src.flux),
+            np.nan_to_num(src.gx),
+            np.nan_to_num(src.gy),
+            resid,
+            weight,
+            model,
+        )
         with np.errstate(invalid="ignore", divide="ignore"):
             snr = src.flux / lin.flux_err
         sx = np.clip(np.nan_to_num(meas.shift_x), -params.max_shift, params.max_shift)
@@ -364,8 +440,21 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
         # start: 112 false sources within 8 px of S/N > 300 stars, 37 with
         # the refit from the first pass).
         if params.refit_psf and find_new:
-            new_psf, psf_stars = _refit_psf(src, meas, snr, resid, weight, psf, params, core,
-                                            image.shape, origin, psf_bbox, sx, sy)
+            new_psf, psf_stars = _refit_psf(
+                src,
+                meas,
+                snr,
+                resid,
+                weight,
+                psf,
+                params,
+                core,
+                image.shape,
+                origin,
+                psf_bbox,
+                sx,
+                sy,
+            )
             if new_psf is not None:
                 new_fwhm = new_psf.fwhm()
                 if 0.5 * fwhm < new_fwhm < 2.0 * fwhm:
@@ -376,13 +465,23 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
                         # core and came out 5% bright.
                         sizes = resolve_stamp_sizes(params, fwhm)
                         if psf.size < max(sizes):
-                            psf = PixelPsf(extend_with_wings(psf.coeffs, max(sizes)),
-                                           psf.order, psf.center, psf.scale, psf.core)
+                            psf = PixelPsf(
+                                extend_with_wings(psf.coeffs, max(sizes)),
+                                psf.order,
+                                psf.center,
+                                psf.scale,
+                                psf.core,
+                            )
                         core = _core_size(params, fwhm, psf.size)
                         sized_for = fwhm
                 else:
-                    log.warning("%spass %d: rejected a PSF refit with FWHM %.2f (was %.2f)",
-                                label, it, new_fwhm, fwhm)
+                    log.warning(
+                        "%spass %d: rejected a PSF refit with FWHM %.2f (was %.2f)",
+                        label,
+                        it,
+                        new_fwhm,
+                        fwhm,
+                    )
         src.x = np.clip(src.x + sx, -0.5, nx - 0.5)
         src.y = np.clip(src.y + sy, -0.5, ny - 0.5)
         # The derivative terms were relative to the old positions.
@@ -395,35 +494,75 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
         src.keep(~weak)
         n_merged = _merge_close(src, params.merge_radius, params.min_separation)
         dt = time.perf_counter() - t0
-        history.append(dict(iteration=it, n_sources=len(src), n_new=n_new,
-                            n_culled=int(weak.sum()), n_merged=n_merged,
-                            sky=float(np.median(sky)), psf_fwhm=float(fwhm),
-                            psf_stars=int(psf_stars), solver_iterations=lin.iterations,
-                            seconds=dt))
-        log.info("%spass %d: %d sources (%d new, %d culled, %d merged), sky %.4g, "
-                 "PSF FWHM %.2f px from %d stars, %.1f s", label, it,
-                 len(src), n_new, int(weak.sum()), n_merged, float(np.median(sky)), fwhm,
-                 psf_stars, dt)
+        history.append(
+            dict(
+                iteration=it,
+                n_sources=len(src),
+                n_new=n_new,
+                n_culled=int(weak.sum()),
+                n_merged=n_merged,
+                sky=float(np.median(sky)),
+                psf_fwhm=float(fwhm),
+                psf_stars=int(psf_stars),
+                solver_iterations=lin.iterations,
+                seconds=dt,
+            )
+        )
+        log.info(
+            "%spass %d: %d sources (%d new, %d culled, %d merged), sky %.4g, "
+            "PSF FWHM %.2f px from %d stars, %.1f s",
+            label,
+            it,
+            len(src),
+            n_new,
+            int(weak.sum()),
+            n_merged,
+            float(np.median(sky)),
+            fwhm,
+            psf_stars,
+            dt,
+        )
 
     # --- final pass: forced photometry at the final positions
     t0 = time.perf_counter()
     n = len(src)
     if params.n_iter > params.n_coarse_sky:
-        sky = boxed_sky(image - sky_model, _sky_pixels(good, sky_model, weight, params),
-                        params.sky_box, params.sky_smooth)
+        sky = boxed_sky(
+            image - sky_model,
+            _sky_pixels(good, sky_model, weight, params),
+            params.sky_box,
+            params.sky_smooth,
+        )
     else:
         sky = np.full(image.shape, global_sky(image - sky_model, good))
     if n:
         size_idx = choose_stamp_sizes(src.flux, psf, sizes, noise, params.stamp_noise_fraction)
         groups = render_scene(src.x, src.y, size_idx, sizes, psf, image.shape, True, origin)
-        lin_pos = solve_scene(groups, n, image - sky - wings, weight, True, src.flux,
-                              sky_basis=sky_basis, rtol=params.cg_rtol,
-                              maxiter=params.cg_maxiter, ridge=params.derivative_ridge,
-                              solver=params.solver)
-        lin = solve_scene(groups, n, image - sky - wings, weight, False,
-                          np.nan_to_num(lin_pos.flux),
-                          sky_basis=sky_basis, rtol=params.cg_rtol, maxiter=params.cg_maxiter,
-                          solver=params.solver)
+        lin_pos = solve_scene(
+            groups,
+            n,
+            image - sky - wings,
+            weight,
+            True,
+            src.flux,
+            sky_basis=sky_basis,
+            rtol=params.cg_rtol,
+            maxiter=params.cg_maxiter,
+            ridge=params.derivative_ridge,
+            solver=params.solver,
+        )
+        lin = solve_scene(
+            groups,
+            n,
+            image - sky - wings,
+            weight,
+            False,
+            np.nan_to_num(lin_pos.flux),
+            sky_basis=sky_basis,
+            rtol=params.cg_rtol,
+            maxiter=params.cg_maxiter,
+            solver=params.solver,
+        )
         if lin.sky_terms is not None:
             sky = sky + (sky_basis @ lin.sky_terms).reshape(image.shape)
         model = scene_image(groups, np.nan_to_num(lin.flux), image.shape)
@@ -431,10 +570,12 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
         model = model + wings
         resid = image - sky - model
         broad = _broadened(psf, fwhm)
-        broad_groups = render_scene(src.x, src.y, size_idx, sizes, broad, image.shape, False,
-                                    origin)
-        meas = measure_sources(groups, n, np.nan_to_num(lin.flux), None, None, resid, weight,
-                               model, broad_groups)
+        broad_groups = render_scene(
+            src.x, src.y, size_idx, sizes, broad, image.shape, False, origin
+        )
+        meas = measure_sources(
+            groups, n, np.nan_to_num(lin.flux), None, None, resid, weight, model, broad_groups
+        )
         flux, flux_err = lin.flux, lin.flux_err
         with np.errstate(invalid="ignore", divide="ignore"):
             f = np.where(np.abs(lin_pos.flux) > 0, lin_pos.flux, np.nan)
@@ -445,7 +586,7 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
         for g in groups:
             c = g.size // 2
             h = min(c, int(np.ceil(fwhm)))
-            edge[g.index] = (g.pix[:, c - h:c + h + 1, c - h:c + h + 1] < 0).any(axis=(1, 2))
+            edge[g.index] = (g.pix[:, c - h : c + h + 1, c - h : c + h + 1] < 0).any(axis=(1, 2))
             sat_center[g.index] = gather(saturated.astype(float), g)[:, c, c] > 0
         psf_final_fwhm = fwhm
     else:
@@ -457,26 +598,58 @@ def fit_tile(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
     ix = np.clip(np.round(src.x).astype(int), 0, nx - 1)
     iy = np.clip(np.round(src.y).astype(int), 0, ny - 1)
     columns = dict(
-        x=src.x.copy(), y=src.y.copy(), x_err=x_err, y_err=y_err,
-        flux=flux, flux_err=flux_err, sky=sky[iy, ix] if n else np.zeros(0),
-        qf=meas.qf, rchi2=meas.rchi2, fracflux=meas.fracflux,
-        flux_lbs=meas.flux_lbs, flux_lbs_err=meas.flux_lbs_err,
-        flux_iso=meas.flux_iso, x_iso=src.x + meas.shift_x, y_iso=src.y + meas.shift_y,
-        fwhm=meas.fwhm, spread_model=meas.spread_model, spread_model_err=meas.spread_model_err,
-        pass_found=src.pass_found.copy(), forced_index=src.forced_index.copy(),
-        flag_edge=edge, flag_no_good_pixels=(meas.n_good == 0) if n else np.zeros(0, bool),
+        x=src.x.copy(),
+        y=src.y.copy(),
+        x_err=x_err,
+        y_err=y_err,
+        flux=flux,
+        flux_err=flux_err,
+        sky=sky[iy, ix] if n else np.zeros(0),
+        qf=meas.qf,
+        rchi2=meas.rchi2,
+        fracflux=meas.fracflux,
+        flux_lbs=meas.flux_lbs,
+        flux_lbs_err=meas.flux_lbs_err,
+        flux_iso=meas.flux_iso,
+        x_iso=src.x + meas.shift_x,
+        y_iso=src.y + meas.shift_y,
+        fwhm=meas.fwhm,
+        spread_model=meas.spread_model,
+        spread_model_err=meas.spread_model_err,
+        pass_found=src.pass_found.copy(),
+        forced_index=src.forced_index.copy(),
+        flag_edge=edge,
+        flag_no_good_pixels=(meas.n_good == 0) if n else np.zeros(0, bool),
         flag_fit_failed=~np.isfinite(flux) if n else np.zeros(0, bool),
-        flag_saturated_center=sat_center, off_image=np.zeros(n, dtype=bool),
+        flag_saturated_center=sat_center,
+        off_image=np.zeros(n, dtype=bool),
     )
     if unfit.size:
-        log.info("%s%d forced position(s) have no usable pixels in their PSF core; their "
-                 "fluxes are NaN.", label, unfit.size)
+        log.info(
+            "%s%d forced position(s) have no usable pixels in their PSF core; their "
+            "fluxes are NaN.",
+            label,
+            unfit.size,
+        )
         columns = _append_unfit(columns, fx_all[unfit], fy_all[unfit], unfit, qf0[unfit], sky)
-    history.append(dict(iteration=params.n_iter, n_sources=n, n_new=0, final=True,
-                        sky=float(np.median(sky)), psf_fwhm=float(psf_final_fwhm),
-                        seconds=time.perf_counter() - t0))
-    log.info("%sfinal forced pass: %d sources, %.1f s (tile total %.1f s)", label, n,
-             time.perf_counter() - t0, time.perf_counter() - t_start)
+    history.append(
+        dict(
+            iteration=params.n_iter,
+            n_sources=n,
+            n_new=0,
+            final=True,
+            sky=float(np.median(sky)),
+            psf_fwhm=float(psf_final_fwhm),
+            seconds=time.perf_counter() - t0,
+        )
+    )
+    log.info(
+        "%sfinal forced pass: %d sources, %.1f s (tile total %.1f s)",
+        label,
+        n,
+        time.perf_counter() - t0,
+        time.perf_counter() - t_start,
+    )
     return TileFit(columns, model, sky, psf, history)
 
 
@@ -485,11 +658,11 @@ def _usable_fraction(x, y, psf, size, weight, origin, chunk=4096):
     out = np.zeros(len(x))
     for s in range(0, len(x), chunk):
         sl = slice(s, s + chunk)
-        g = render_scene(x[sl], y[sl], np.zeros(len(x[sl]), int), [size], psf, weight.shape,
-                         False, origin)[0]
+        g = render_scene(
+            x[sl], y[sl], np.zeros(len(x[sl]), int), [size], psf, weight.shape, False, origin
+        )[0]
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[sl] = ((g.psf * (gather(weight, g) > 0)).sum(axis=(1, 2))
-                       / g.psf.sum(axis=(1, 2)))
+            out[sl] = (g.psf * (gather(weight, g) > 0)).sum(axis=(1, 2)) / g.psf.sum(axis=(1, 2))
     return np.nan_to_num(out)
 
 
@@ -504,10 +677,18 @@ def _append_unfit(columns, x, y, forced_index, qf, sky):
     ny, nx = sky.shape
     ix = np.clip(np.round(x).astype(int), 0, nx - 1)
     iy = np.clip(np.round(y).astype(int), 0, ny - 1)
-    rows.update(x=x, y=y, forced_index=forced_index, qf=qf, sky=sky[iy, ix],
-                flag_no_good_pixels=np.ones(n, bool))
-    return {name: np.concatenate([arr, np.asarray(rows[name], dtype=arr.dtype)])
-            for name, arr in columns.items()}
+    rows.update(
+        x=x,
+        y=y,
+        forced_index=forced_index,
+        qf=qf,
+        sky=sky[iy, ix],
+        flag_no_good_pixels=np.ones(n, bool),
+    )
+    return {
+        name: np.concatenate([arr, np.asarray(rows[name], dtype=arr.dtype)])
+        for name, arr in columns.items()
+    }
 
 
 def _refit_psf(src, meas, snr, resid, weight, psf, params, core, shape, origin, bbox, sx, sy):
@@ -521,24 +702,30 @@ def _refit_psf(src, meas, snr, resid, weight, psf, params, core, shape, origin, 
     reference position fails the ``psf_max_shift`` cut.
     """
     with np.errstate(invalid="ignore"):
-        ok = ((snr > params.psf_min_snr) & (meas.qf > 0.999)
-              & (np.hypot(meas.shift_x, meas.shift_y) < params.psf_max_shift)
-              & (meas.fracflux > params.psf_min_fracflux)
-              & (meas.median_loss < params.psf_max_median_loss)
-              & (src.flux > 0))
+        ok = (
+            (snr > params.psf_min_snr)
+            & (meas.qf > 0.999)
+            & (np.hypot(meas.shift_x, meas.shift_y) < params.psf_max_shift)
+            & (meas.fracflux > params.psf_min_fracflux)
+            & (meas.median_loss < params.psf_max_median_loss)
+            & (src.flux > 0)
+        )
     ny, nx = shape
     h = core // 2
     ok &= (src.x >= h) & (src.x < nx - 1 - h) & (src.y >= h) & (src.y < ny - 1 - h)
     idx = np.nonzero(ok)[0]
     if idx.size > params.psf_max_stars:
-        idx = idx[np.argsort(-snr[idx])[:params.psf_max_stars]]
+        idx = idx[np.argsort(-snr[idx])[: params.psf_max_stars]]
     if idx.size < params.psf_min_stars:
         return None, int(idx.size)
     xs, ys = src.x[idx], src.y[idx]
     groups = render_scene(xs, ys, np.zeros(idx.size, int), [core], psf, shape, True, origin)
     g = groups[0]
-    own = (src.flux[idx, None, None] * g.psf + src.gx[idx, None, None] * g.dpsf_dx
-           + src.gy[idx, None, None] * g.dpsf_dy)
+    own = (
+        src.flux[idx, None, None] * g.psf
+        + src.gx[idx, None, None] * g.dpsf_dx
+        + src.gy[idx, None, None] * g.dpsf_dy
+    )
     stamps = gather(resid, g) + own
     wst = gather(weight, g)
     full = (wst > 0).all(axis=(1, 2))
@@ -560,17 +747,34 @@ def _refit_psf(src, meas, snr, resid, weight, psf, params, core, shape, origin, 
         bright = bright[np.argsort(-snr[idx][bright])][:200]
         if bright.size >= 10:
             b = idx[bright]
-            big = render_scene(src.x[b], src.y[b], np.zeros(b.size, int), [psf.size], psf,
-                               shape, False, origin)[0]
-            big_stamps = (gather(resid, big) + src.flux[b, None, None] * big.psf
-                          - local_sky[bright, None, None])
+            big = render_scene(
+                src.x[b], src.y[b], np.zeros(b.size, int), [psf.size], psf, shape, False, origin
+            )[0]
+            big_stamps = (
+                gather(resid, big)
+                + src.flux[b, None, None] * big.psf
+                - local_sky[bright, None, None]
+            )
             usable = big.valid & (gather(weight, big) > 0)
-            profile = wing_profile(big_stamps, usable, dx[bright], dy[bright], src.flux[b],
-                                   core // 2 - 3)
-    new, used = fit_psf(stamps[sel], dx[sel], dy[sel], xs[sel] + origin[0],
-                        ys[sel] + origin[1], src.flux[idx][sel], psf, params.psf_order, core,
-                        params.psf_min_stars, bbox, profile, snr[idx][sel],
-                        params.psf_snr_floor)
+            profile = wing_profile(
+                big_stamps, usable, dx[bright], dy[bright], src.flux[b], core // 2 - 3
+            )
+    new, used = fit_psf(
+        stamps[sel],
+        dx[sel],
+        dy[sel],
+        xs[sel] + origin[0],
+        ys[sel] + origin[1],
+        src.flux[idx][sel],
+        psf,
+        params.psf_order,
+        core,
+        params.psf_min_stars,
+        bbox,
+        profile,
+        snr[idx][sel],
+        params.psf_snr_floor,
+    )
     return new, used
 
 

@@ -68,9 +68,13 @@ class FitResult:
         return ParentFramePsf(self.psf, self.xy0)
 
 
-def prepare_weight(image: np.ndarray, variance: np.ndarray | None, weight: np.ndarray | None,
-                   bad: np.ndarray | None, saturated: np.ndarray | None
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def prepare_weight(
+    image: np.ndarray,
+    variance: np.ndarray | None,
+    weight: np.ndarray | None,
+    bad: np.ndarray | None,
+    saturated: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate the planes and build the inverse-variance weight.
 
     Handling of unusable pixels (documented behaviour, not errors):
@@ -97,8 +101,9 @@ def prepare_weight(image: np.ndarray, variance: np.ndarray | None, weight: np.nd
     def check(name, arr, kind=None):
         arr = np.asarray(arr, dtype=kind) if kind else np.asarray(arr)
         if arr.shape != image.shape:
-            raise InputError(f"The {name} plane has shape {arr.shape} but the image has "
-                             f"shape {image.shape}.")
+            raise InputError(
+                f"The {name} plane has shape {arr.shape} but the image has shape {image.shape}."
+            )
         return arr
 
     image = image.astype(np.float64, copy=False)
@@ -112,18 +117,24 @@ def prepare_weight(image: np.ndarray, variance: np.ndarray | None, weight: np.nd
     w[~np.isfinite(image)] = 0.0
     if bad is not None:
         w[check("bad mask", bad, bool)] = 0.0
-    sat = np.zeros(image.shape, bool) if saturated is None else check("saturated mask",
-                                                                       saturated, bool)
+    sat = (
+        np.zeros(image.shape, bool)
+        if saturated is None
+        else check("saturated mask", saturated, bool)
+    )
     w[sat] = 0.0
     if not (w > 0).any():
-        raise InputError(f"No usable pixels: all {image.size} pixels are masked, saturated, "
-                         "non-finite, or have non-positive variance.")
+        raise InputError(
+            f"No usable pixels: all {image.size} pixels are masked, saturated, "
+            "non-finite, or have non-positive variance."
+        )
     image = np.where(np.isfinite(image), image, 0.0)
     return image, w, sat
 
 
-def _as_psf(psf: PsfInput, shape: tuple[int, int], xy0: tuple[int, int],
-            order: int) -> PixelPsf | None:
+def _as_psf(
+    psf: PsfInput, shape: tuple[int, int], xy0: tuple[int, int], order: int
+) -> PixelPsf | None:
     """Turn the caller's PSF into a `PixelPsf` in array coordinates."""
     if psf is None or isinstance(psf, PixelPsf):
         return psf
@@ -142,11 +153,21 @@ def _fit_one(args):
     (tile, image, weight, sat, psf, params, fx, fy, fidx, find_new, refine) = args
     x0, y0, x1, y1 = tile.outer
     logger = logging.getLogger(__name__)
-    res = fit_tile(image, weight, sat, psf, params, origin=(x0, y0),
-                   forced_x=None if fx is None else fx - x0,
-                   forced_y=None if fy is None else fy - y0,
-                   find_new=find_new, refine_forced=refine,
-                   psf_bbox=(x0, y0, x1 - 1, y1 - 1), log=logger, label=tile.label)
+    res = fit_tile(
+        image,
+        weight,
+        sat,
+        psf,
+        params,
+        origin=(x0, y0),
+        forced_x=None if fx is None else fx - x0,
+        forced_y=None if fy is None else fy - y0,
+        find_new=find_new,
+        refine_forced=refine,
+        psf_bbox=(x0, y0, x1 - 1, y1 - 1),
+        log=logger,
+        label=tile.label,
+    )
     cols = res.columns
     for name in ("x", "y", "x_iso", "y_iso"):
         cols[name] = cols[name] + (x0 if name.startswith("x") else y0)
@@ -156,14 +177,23 @@ def _fit_one(args):
     return tile, res
 
 
-def fit_image(image: np.ndarray, variance: np.ndarray | None = None, *,
-              weight: np.ndarray | None = None, bad: np.ndarray | None = None,
-              saturated: np.ndarray | None = None,
-              flag_planes: Mapping[str, np.ndarray] | None = None, psf: PsfInput = None,
-              params: FitParams | None = None, forced_x: np.ndarray | None = None,
-              forced_y: np.ndarray | None = None, find_new: bool = True,
-              refine_forced: float = 0.0, xy0: tuple[int, int] = (0, 0),
-              log: logging.Logger | None = None) -> FitResult:
+def fit_image(
+    image: np.ndarray,
+    variance: np.ndarray | None = None,
+    *,
+    weight: np.ndarray | None = None,
+    bad: np.ndarray | None = None,
+    saturated: np.ndarray | None = None,
+    flag_planes: Mapping[str, np.ndarray] | None = None,
+    psf: PsfInput = None,
+    params: FitParams | None = None,
+    forced_x: np.ndarray | None = None,
+    forced_y: np.ndarray | None = None,
+    find_new: bool = True,
+    refine_forced: float = 0.0,
+    xy0: tuple[int, int] = (0, 0),
+    log: logging.Logger | None = None,
+) -> FitResult:
     """Crowded-field photometry of one image.
 
     Parameters
@@ -216,8 +246,10 @@ def fit_image(image: np.ndarray, variance: np.ndarray | None = None, *,
     flag_planes = dict(flag_planes or {})
     for name, plane in flag_planes.items():
         if np.shape(plane) != image.shape:
-            raise InputError(f"Mask plane {name!r} has shape {np.shape(plane)} but the image "
-                             f"has shape {image.shape}.")
+            raise InputError(
+                f"Mask plane {name!r} has shape {np.shape(plane)} but the image "
+                f"has shape {image.shape}."
+            )
     x0, y0 = int(xy0[0]), int(xy0[1])
     model_psf = _as_psf(psf, image.shape, (x0, y0), params.psf_order)
 
@@ -249,40 +281,66 @@ def fit_image(image: np.ndarray, variance: np.ndarray | None = None, *,
         # Only the tile's pixels go into the job (views in this process; a
         # worker process receives just those), so memory follows the tile.
         sub = (slice(t.outer[1], t.outer[3]), slice(t.outer[0], t.outer[2]))
-        jobs.append((t, image[sub], w[sub], sat[sub], model_psf, params, tfx, tfy, tidx,
-                     find_new, refine_forced))
-    log.info("Fitting %dx%d image in %d tile(s)%s.", image.shape[1], image.shape[0],
-             len(tiles), f" with {params.n_processes} processes" if params.n_processes > 1
-             else "")
+        jobs.append(
+            (
+                t,
+                image[sub],
+                w[sub],
+                sat[sub],
+                model_psf,
+                params,
+                tfx,
+                tfy,
+                tidx,
+                find_new,
+                refine_forced,
+            )
+        )
+    log.info(
+        "Fitting %dx%d image in %d tile(s)%s.",
+        image.shape[1],
+        image.shape[0],
+        len(tiles),
+        f" with {params.n_processes} processes" if params.n_processes > 1 else "",
+    )
     results: list[tuple[Tile, object]] = []
     if params.n_processes > 1 and len(tiles) > 1:
         with ProcessPoolExecutor(max_workers=params.n_processes) as pool:
             for k, (tile, res) in enumerate(pool.map(_fit_one, jobs)):
                 results.append((tile, res))
-                log.info("Finished %s(%d/%d): %d sources.", tile.label, k + 1, len(tiles),
-                         len(res.columns["x"]))
+                log.info(
+                    "Finished %s(%d/%d): %d sources.",
+                    tile.label,
+                    k + 1,
+                    len(tiles),
+                    len(res.columns["x"]),
+                )
     else:
         for k, job in enumerate(jobs):
             tile, res = _fit_one(job)
             results.append((tile, res))
             if len(tiles) > 1:
-                log.info("Finished %s(%d/%d): %d sources.", tile.label, k + 1, len(tiles),
-                         len(res.columns["x"]))
+                log.info(
+                    "Finished %s(%d/%d): %d sources.",
+                    tile.label,
+                    k + 1,
+                    len(tiles),
+                    len(res.columns["x"]),
+                )
 
-    columns, model, sky, psf_out, history = _stitch(results, image.shape, forced_home,
-                                                    params.merge_radius)
+    columns, model, sky, psf_out, history = _stitch(
+        results, image.shape, forced_home, params.merge_radius
+    )
     column_info = dict(ENGINE_COLUMNS)
     _add_pixel_flags(columns, column_info, flag_planes, psf_out)
     if fx is not None:
         # Forced positions off the image are not fit but keep their row.
         off = np.nonzero(forced_home < 0)[0]
         if off.size:
-            log.info("%d forced position(s) are off the image; their fluxes are NaN.",
-                     off.size)
+            log.info("%d forced position(s) are off the image; their fluxes are NaN.", off.size)
             rows = empty_columns()
             for name, arr in rows.items():
-                fill = np.nan if arr.dtype.kind == "f" else (-1 if arr.dtype.kind == "i"
-                                                              else False)
+                fill = np.nan if arr.dtype.kind == "f" else (-1 if arr.dtype.kind == "i" else False)
                 rows[name] = np.full(off.size, fill, dtype=arr.dtype)
             rows["x"], rows["y"] = fx[off], fy[off]
             rows["forced_index"] = off.astype(np.int64)
@@ -292,14 +350,15 @@ def fit_image(image: np.ndarray, variance: np.ndarray | None = None, *,
                     rows[name] = np.zeros(off.size, dtype=columns[name].dtype)
             columns = {k: np.concatenate([v, rows[k]]) for k, v in columns.items()}
         # One row per input position, in input order.
-        order = np.argsort(np.where(columns["forced_index"] >= 0, columns["forced_index"],
-                                    np.iinfo(np.int64).max), kind="stable")
+        order = np.argsort(
+            np.where(columns["forced_index"] >= 0, columns["forced_index"], np.iinfo(np.int64).max),
+            kind="stable",
+        )
         columns = {k: v[order] for k, v in columns.items()}
     for name in ("x", "y", "x_iso", "y_iso"):
         columns[name] = columns[name] + (x0 if name.startswith("x") else y0)
     log.info("Fit %d sources in %.1f s.", len(columns["x"]), time.perf_counter() - t0)
-    return FitResult(columns, column_info, model + sky, sky, psf_out, history, (x0, y0),
-                     len(tiles))
+    return FitResult(columns, column_info, model + sky, sky, psf_out, history, (x0, y0), len(tiles))
 
 
 def _stitch(results, shape, forced_home, merge_radius):
@@ -311,18 +370,23 @@ def _stitch(results, shape, forced_home, merge_radius):
     for t, r in results:
         x0, y0, x1, y1 = t.core
         ox, oy = t.outer[0], t.outer[1]
-        model[y0:y1, x0:x1] = r.model[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
-        sky[y0:y1, x0:x1] = r.sky[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+        model[y0:y1, x0:x1] = r.model[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+        sky[y0:y1, x0:x1] = r.sky[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
         history.extend(dict(h, tile=t.index) for h in r.history)
-    keep = select_tile_sources(tiles, [r.columns["x"] for r in fits],
-                               [r.columns["y"] for r in fits],
-                               [r.columns["forced_index"] for r in fits], forced_home,
-                               max(merge_radius, 1.0))
+    keep = select_tile_sources(
+        tiles,
+        [r.columns["x"] for r in fits],
+        [r.columns["y"] for r in fits],
+        [r.columns["forced_index"] for r in fits],
+        forced_home,
+        max(merge_radius, 1.0),
+    )
     columns = empty_columns()
     for name in columns:
         parts = [r.columns[name][k] for r, k in zip(fits, keep)]
-        columns[name] = np.concatenate(parts).astype(columns[name].dtype) if parts \
-            else columns[name]
+        columns[name] = (
+            np.concatenate(parts).astype(columns[name].dtype) if parts else columns[name]
+        )
     psf = fits[0].psf if len(fits) == 1 else TiledPsf(tiles, [r.psf for r in fits])
     return columns, model, sky, psf, history
 
@@ -336,7 +400,7 @@ def _add_pixel_flags(columns, info, flag_planes, psf):
     r = max(1, int(np.ceil(fwhm if np.isfinite(fwhm) else 2.0)))
     off = np.arange(-r, r + 1)
     oy, ox = np.meshgrid(off, off, indexing="ij")
-    disc = (ox ** 2 + oy ** 2) <= r * r
+    disc = (ox**2 + oy**2) <= r * r
     center = (np.abs(ox) <= 1) & (np.abs(oy) <= 1)
     for name, plane in flag_planes.items():
         plane = np.asarray(plane, bool)

@@ -78,8 +78,7 @@ def _apply_taps(stamps: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarra
     return out
 
 
-def shift_stamps(stamps: np.ndarray, dx: np.ndarray, dy: np.ndarray,
-                 derivatives: bool = False):
+def shift_stamps(stamps: np.ndarray, dx: np.ndarray, dy: np.ndarray, derivatives: bool = False):
     """Shift stamps by sub-pixel offsets.
 
     Parameters

@@ -52,8 +52,13 @@ class LinearFit:
     converged: bool
 
 
-def _design(groups: list[StampGroup], n_src: int, sqrt_w: np.ndarray, derivatives: bool,
-            sky_basis: np.ndarray | None):
+def _design(
+    groups: list[StampGroup],
+    n_src: int,
+    sqrt_w: np.ndarray,
+    derivatives: bool,
+    sky_basis: np.ndarray | None,
+):
     ncomp = 3 if derivatives else 1
     blocks = []
     col_of_src = np.zeros(n_src, dtype=np.int64)
@@ -71,8 +76,9 @@ def _design(groups: list[StampGroup], n_src: int, sqrt_w: np.ndarray, derivative
         indices = np.broadcast_to(pix[:, None, :], vals.shape)[mask]
         counts = np.repeat(use.sum(axis=1), ncomp)
         indptr = np.concatenate([[0], np.cumsum(counts)])
-        blocks.append(sp.csc_matrix((data, indices.astype(np.int32), indptr),
-                                    shape=(npix, n * ncomp)))
+        blocks.append(
+            sp.csc_matrix((data, indices.astype(np.int32), indptr), shape=(npix, n * ncomp))
+        )
         col_of_src[g.index] = col + ncomp * np.arange(n)
         col += n * ncomp
     if sky_basis is not None:
@@ -156,11 +162,22 @@ def local_inverse_diagonal(H: sp.csr_matrix, idx: np.ndarray, n_neighbours: int 
     return var
 
 
-def solve_scene(groups: list[StampGroup], n_src: int, data: np.ndarray, weight: np.ndarray,
-                derivatives: bool, flux0: np.ndarray, gx0: np.ndarray | None = None,
-                gy0: np.ndarray | None = None, sky_basis: np.ndarray | None = None,
-                rtol: float = 1e-6, maxiter: int = 500, ridge: float = 1e-4,
-                n_neighbours: int = 8, solver: str = "direct") -> LinearFit:
+def solve_scene(
+    groups: list[StampGroup],
+    n_src: int,
+    data: np.ndarray,
+    weight: np.ndarray,
+    derivatives: bool,
+    flux0: np.ndarray,
+    gx0: np.ndarray | None = None,
+    gy0: np.ndarray | None = None,
+    sky_basis: np.ndarray | None = None,
+    rtol: float = 1e-6,
+    maxiter: int = 500,
+    ridge: float = 1e-4,
+    n_neighbours: int = 8,
+    solver: str = "direct",
+) -> LinearFit:
     """Fit all sources (and optional sky terms) simultaneously.
 
     Parameters
@@ -190,9 +207,16 @@ def solve_scene(groups: list[StampGroup], n_src: int, data: np.ndarray, weight: 
     nsky = 0 if sky_basis is None else sky_basis.shape[1]
     empty = np.zeros(n_src)
     if ntot == 0:
-        return LinearFit(empty, empty.copy() if derivatives else None,
-                         empty.copy() if derivatives else None, None, empty.copy(),
-                         np.zeros((0, ncomp, ncomp)), 0, True)
+        return LinearFit(
+            empty,
+            empty.copy() if derivatives else None,
+            empty.copy() if derivatives else None,
+            None,
+            empty.copy(),
+            np.zeros((0, ncomp, ncomp)),
+            0,
+            True,
+        )
     b = A.T @ (sqrt_w * data.ravel())
     H = (A.T @ A).tocsr()
     del A
@@ -229,8 +253,9 @@ def solve_scene(groups: list[StampGroup], n_src: int, data: np.ndarray, weight: 
         except RuntimeError as err:  # exactly singular
             _log.debug("Direct solve failed (%s); using conjugate gradients.", err)
     if sol is None:
-        sol, iterations, converged = _solve_cg(H, b, x0, block_inv, col_of_src, ncomp,
-                                               nsrc_cols, ntot, rtol, maxiter)
+        sol, iterations, converged = _solve_cg(
+            H, b, x0, block_inv, col_of_src, ncomp, nsrc_cols, ntot, rtol, maxiter
+        )
     sol[dead] = np.nan
     flux = sol[col_of_src]
     gx = sol[col_of_src + 1] if derivatives else None

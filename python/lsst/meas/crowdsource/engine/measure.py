@@ -66,10 +66,17 @@ def _solve_small(mat: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return sol, inv
 
 
-def measure_sources(groups: list[StampGroup], n_src: int, flux: np.ndarray,
-                    gx: np.ndarray | None, gy: np.ndarray | None, resid: np.ndarray,
-                    weight: np.ndarray, model: np.ndarray,
-                    broad_groups: list[StampGroup] | None = None) -> StampMeasurements:
+def measure_sources(
+    groups: list[StampGroup],
+    n_src: int,
+    flux: np.ndarray,
+    gx: np.ndarray | None,
+    gy: np.ndarray | None,
+    resid: np.ndarray,
+    weight: np.ndarray,
+    model: np.ndarray,
+    broad_groups: list[StampGroup] | None = None,
+) -> StampMeasurements:
     """Measure every source on its neighbour-subtracted stamp.
 
     Parameters
@@ -140,8 +147,11 @@ def measure_sources(groups: list[StampGroup], n_src: int, flux: np.ndarray,
 
         # Fraction of the flux that a local median would remove (diffuse
         # sources and residuals of bright neighbours lose most of it).
-        med = np.nanmedian(np.where(good, D, np.nan).reshape(len(i), -1), axis=1) \
-            if good.any() else np.zeros(len(i))
+        med = (
+            np.nanmedian(np.where(good, D, np.nan).reshape(len(i), -1), axis=1)
+            if good.any()
+            else np.zeros(len(i))
+        )
         with np.errstate(invalid="ignore", divide="ignore"):
             f_all = dot(P, D) / dot(P, P)
             f_med = dot(P, D - np.nan_to_num(med)[:, None, None]) / dot(P, P)
@@ -166,7 +176,7 @@ def measure_sources(groups: list[StampGroup], n_src: int, flux: np.ndarray,
             with np.errstate(invalid="ignore", divide="ignore"):
                 a, bb = dot(G, D), dot(P, D)
                 out.spread_model[i] = a / bb - dot(G, P) / dot(P, P)
-                var = (dot(G, G) * bb ** 2 + dot(P, P) * a ** 2 - 2 * dot(G, P) * a * bb) / bb ** 4
+                var = (dot(G, G) * bb**2 + dot(P, P) * a**2 - 2 * dot(G, P) * a * bb) / bb**4
                 out.spread_model_err[i] = np.sqrt(np.maximum(var, 0.0))
     return out
 

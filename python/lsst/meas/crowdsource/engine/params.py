@@ -19,164 +19,231 @@ class FitParams:
     # --- main loop
     n_iter: int = field(
         default=4,
-        metadata={"doc": 'Number of find/fit/centroid/PSF passes before the final forced pass.'})
+        metadata={"doc": "Number of find/fit/centroid/PSF passes before the final forced pass."},
+    )
     n_coarse_sky: int = field(
         default=1,
-        metadata={"doc": 'Passes that subtract a single median sky before boxed skies are '
-                         'used (the seed used 2; with a sky gradient the second global pass '
-                         'adds false faint peaks: 33 vs 11 on a 256x256 test field).'})
+        metadata={
+            "doc": "Passes that subtract a single median sky before boxed skies are "
+            "used (the seed used 2; with a sky gradient the second global pass "
+            "adds false faint peaks: 33 vs 11 on a 256x256 test field)."
+        },
+    )
     sky_box: int = field(
-        default=20,
-        metadata={"doc": 'Size (pixels) of the boxes in which the sky median is taken.'})
+        default=20, metadata={"doc": "Size (pixels) of the boxes in which the sky median is taken."}
+    )
     sky_smooth: int = field(
         default=3,
-        metadata={"doc": 'Median filter width (in boxes) applied to the grid of box medians.'})
+        metadata={"doc": "Median filter width (in boxes) applied to the grid of box medians."},
+    )
     sky_mask_nsigma: float = field(
         default=0.0,
-        metadata={"doc": 'Pixels where the model of the sources exceeds this many sigma are '
-                         'left out of the boxed sky (0: use every pixel).  Off by default: '
-                         'at 0.02 stars/px almost no pixel is that faint and the sky comes '
-                         'out low (fluxes +5%); the PSF refit instead corrects each PSF '
-                         'star for its local sky.'})
+        metadata={
+            "doc": "Pixels where the model of the sources exceeds this many sigma are "
+            "left out of the boxed sky (0: use every pixel).  Off by default: "
+            "at 0.02 stars/px almost no pixel is that faint and the sky comes "
+            "out low (fluxes +5%); the PSF refit instead corrects each PSF "
+            "star for its local sky."
+        },
+    )
     fit_sky_terms: bool = field(
         default=False,
-        metadata={"doc": 'Also fit a constant and linear sky gradient simultaneously with the stars.'})
+        metadata={
+            "doc": "Also fit a constant and linear sky gradient simultaneously with the stars."
+        },
+    )
 
     # --- peaks
     threshold: float = field(
-        default=5.0,
-        metadata={"doc": 'PSF-convolved significance needed to add a source (sigma).'})
+        default=5.0, metadata={"doc": "PSF-convolved significance needed to add a source (sigma)."}
+    )
     bright_factor: float = field(
         default=0.3,
-        metadata={"doc": 'A pixel with S/N above ``threshold / bright_factor`` is a bright peak.'})
+        metadata={"doc": "A pixel with S/N above ``threshold / bright_factor`` is a bright peak."},
+    )
     local_background_factor: float = field(
         default=0.5,
-        metadata={"doc": 'A peak must also reach ``threshold * local_background_factor`` in the significance image computed with a local-background (compensated) filter.'})
+        metadata={
+            "doc": "A peak must also reach ``threshold * local_background_factor`` in the significance image computed with a local-background (compensated) filter."
+        },
+    )
     model_significance_factor: float = field(
         default=0.2,
-        metadata={"doc": "Residual significance must exceed this times the model's significance."})
+        metadata={"doc": "Residual significance must exceed this times the model's significance."},
+    )
     model_flux_factor: float = field(
         default=0.1,
-        metadata={"doc": 'The residual\'s PSF-matched flux at a peak must exceed this times the model\'s.'})
+        metadata={
+            "doc": "The residual's PSF-matched flux at a peak must exceed this times the model's."
+        },
+    )
     model_pixel_factor: float = field(
         default=0.0,
-        metadata={"doc": "Residual pixel S/N must exceed this times the model's PSF-convolved S/N there. The seed used 0.4; with a fitted PSF this rejects most faint stars within a few FWHM of a bright one (measured on a 0.02 stars/px field: completeness at S/N 10-30 fell from 0.78 to 0.62), so it is off by default."})
+        metadata={
+            "doc": "Residual pixel S/N must exceed this times the model's PSF-convolved S/N there. The seed used 0.4; with a fitted PSF this rejects most faint stars within a few FWHM of a bright one (measured on a 0.02 stars/px field: completeness at S/N 10-30 fell from 0.78 to 0.62), so it is off by default."
+        },
+    )
     min_separation: float = field(
-        default=1.5,
-        metadata={"doc": 'No new source within this many pixels of an existing one.'})
+        default=1.5, metadata={"doc": "No new source within this many pixels of an existing one."}
+    )
     saturated_exclusion: float = field(
         default=1.0,
-        metadata={"doc": 'No new source within this many PSF FWHMs of the saturated core '
-                  'of a saturated star (a disc of radius half the narrower extent of '
-                  'its saturated region plus this margin: not along a bleed trail). '
-                  'The light there is the saturated star\'s, whose model is only '
-                  'constrained by its wings. Measured on five fields (1024x1024 and '
-                  '4 x 512x512): false detections 0.1111 / 0.1102 / 0.1093 with 0 / 1 '
-                  '/ 2 FWHM, unsaturated S/N > 30 stars lost 111 / 110 / 148.'})
+        metadata={
+            "doc": "No new source within this many PSF FWHMs of the saturated core "
+            "of a saturated star (a disc of radius half the narrower extent of "
+            "its saturated region plus this margin: not along a bleed trail). "
+            "The light there is the saturated star's, whose model is only "
+            "constrained by its wings. Measured on five fields (1024x1024 and "
+            "4 x 512x512): false detections 0.1111 / 0.1102 / 0.1093 with 0 / 1 "
+            "/ 2 FWHM, unsaturated S/N > 30 stars lost 111 / 110 / 148."
+        },
+    )
     first_pass_separation: float = field(
         default=0.0,
-        metadata={"doc": 'Minimum separation of peaks in the first pass (0 means the PSF FWHM): early passes do not split blends.'})
+        metadata={
+            "doc": "Minimum separation of peaks in the first pass (0 means the PSF FWHM): early passes do not split blends."
+        },
+    )
 
     # --- fit
     stamp_sizes: tuple[int, ...] = field(
         default=(0, 0, 59),
-        metadata={"doc": 'Stamp sizes (odd) from faint to bright; 0 means derived from the FWHM (small: ~2x FWHM radius, core: ~3x FWHM radius).'})
+        metadata={
+            "doc": "Stamp sizes (odd) from faint to bright; 0 means derived from the FWHM (small: ~2x FWHM radius, core: ~3x FWHM radius)."
+        },
+    )
     stamp_noise_fraction: float = field(
         default=0.3,
-        metadata={"doc": 'A source gets the smallest stamp whose edge PSF value times its flux is below this fraction of the pixel noise.'})
+        metadata={
+            "doc": "A source gets the smallest stamp whose edge PSF value times its flux is below this fraction of the pixel noise."
+        },
+    )
     solver: str = field(
         default="direct",
-        metadata={"doc": 'Solver of the normal equations: "direct" (sparse LU; conjugate '
-                         'gradients if singular) or "cg" (block-preconditioned conjugate '
-                         'gradients).'})
+        metadata={
+            "doc": 'Solver of the normal equations: "direct" (sparse LU; conjugate '
+            'gradients if singular) or "cg" (block-preconditioned conjugate '
+            "gradients)."
+        },
+    )
     cg_rtol: float = field(
-        default=1e-6,
-        metadata={"doc": 'Relative tolerance of the conjugate-gradient solve.'})
+        default=1e-6, metadata={"doc": "Relative tolerance of the conjugate-gradient solve."}
+    )
     cg_maxiter: int = field(
-        default=500,
-        metadata={"doc": 'Maximum conjugate-gradient iterations per solve.'})
+        default=500, metadata={"doc": "Maximum conjugate-gradient iterations per solve."}
+    )
     derivative_ridge: float = field(
         default=1e-4,
-        metadata={"doc": 'Ridge (fraction of the diagonal) on position-derivative columns.'})
+        metadata={"doc": "Ridge (fraction of the diagonal) on position-derivative columns."},
+    )
     cull_snr: float = field(
         default=2.5,
-        metadata={"doc": 'Drop sources whose fitted flux S/N falls below this between passes.'})
+        metadata={"doc": "Drop sources whose fitted flux S/N falls below this between passes."},
+    )
     merge_radius: float = field(
-        default=0.5,
-        metadata={"doc": 'Sources that converge closer than this are merged.'})
+        default=0.5, metadata={"doc": "Sources that converge closer than this are merged."}
+    )
     forced_min_qf: float = field(
         default=0.05,
-        metadata={"doc": 'Forced positions whose PSF core has less than this PSF-weighted '
-                         'fraction of usable pixels are not fit (NaN flux, '
-                         'flag_no_good_pixels): their flux is unconstrained and, measured '
-                         'on a 30x30 px masked block, runs away and wrecks the fit of every '
-                         'other source once the fraction falls below ~0.01.'})
+        metadata={
+            "doc": "Forced positions whose PSF core has less than this PSF-weighted "
+            "fraction of usable pixels are not fit (NaN flux, "
+            "flag_no_good_pixels): their flux is unconstrained and, measured "
+            "on a 30x30 px masked block, runs away and wrecks the fit of every "
+            "other source once the fraction falls below ~0.01."
+        },
+    )
 
     # --- centroids
     max_shift: float = field(
-        default=1.0,
-        metadata={"doc": 'Largest position step per pass (pixels).'})
+        default=1.0, metadata={"doc": "Largest position step per pass (pixels)."}
+    )
     centroid_min_snr: float = field(
         default=3.0,
-        metadata={"doc": 'Sources fainter than this keep their position (no centroid step).'})
+        metadata={"doc": "Sources fainter than this keep their position (no centroid step)."},
+    )
 
     # --- PSF
     refit_psf: bool = field(
         default=True,
-        metadata={"doc": 'Re-estimate the PSF from the image in every pass, the first included.'})
+        metadata={"doc": "Re-estimate the PSF from the image in every pass, the first included."},
+    )
     psf_order: int = field(
-        default=2,
-        metadata={"doc": "Polynomial order of the PSF's variation across the image."})
+        default=2, metadata={"doc": "Polynomial order of the PSF's variation across the image."}
+    )
     psf_core_size: int = field(
         default=0,
-        metadata={"doc": 'Size of the PSF core estimated from stars (0: about 5 FWHM, at least 19).'})
+        metadata={
+            "doc": "Size of the PSF core estimated from stars (0: about 5 FWHM, at least 19)."
+        },
+    )
     psf_min_snr: float = field(
-        default=30.0,
-        metadata={"doc": 'Minimum S/N of stars used to estimate the PSF.'})
+        default=30.0, metadata={"doc": "Minimum S/N of stars used to estimate the PSF."}
+    )
     psf_snr_floor: float = field(
         default=0.005,
-        metadata={"doc": 'With a spatially varying PSF (psf_order > 0) each PSF star is '
-                         'weighted by 1 / (1/S/N^2 + psf_snr_floor^2): by the noise of its '
-                         'normalised stamp, with this floor so that stars much brighter than '
-                         'S/N 1/psf_snr_floor do not dominate (the brightest stars are the '
-                         'most affected by non-linearity and brighter-fatter). 0 weighs by '
-                         'S/N^2 alone. Order 0 takes the unweighted median stamp. Measured '
-                         'on four 512x512 fields: false detections 0.124 with equal weights, '
-                         '0.112 at 0.005, 0.121 at 0.05.'})
+        metadata={
+            "doc": "With a spatially varying PSF (psf_order > 0) each PSF star is "
+            "weighted by 1 / (1/S/N^2 + psf_snr_floor^2): by the noise of its "
+            "normalised stamp, with this floor so that stars much brighter than "
+            "S/N 1/psf_snr_floor do not dominate (the brightest stars are the "
+            "most affected by non-linearity and brighter-fatter). 0 weighs by "
+            "S/N^2 alone. Order 0 takes the unweighted median stamp. Measured "
+            "on four 512x512 fields: false detections 0.124 with equal weights, "
+            "0.112 at 0.005, 0.121 at 0.05."
+        },
+    )
     psf_wing_min_snr: float = field(
         default=100.0,
-        metadata={"doc": 'Stars brighter than this S/N (among the PSF stars) measure the '
-                         'PSF wings beyond the core; with fewer than 10 such stars a Moffat '
-                         'fit to the core extends it.'})
+        metadata={
+            "doc": "Stars brighter than this S/N (among the PSF stars) measure the "
+            "PSF wings beyond the core; with fewer than 10 such stars a Moffat "
+            "fit to the core extends it."
+        },
+    )
     psf_max_stars: int = field(
-        default=2000,
-        metadata={"doc": 'Use at most this many (the brightest) PSF stars.'})
+        default=2000, metadata={"doc": "Use at most this many (the brightest) PSF stars."}
+    )
     psf_min_stars: int = field(
-        default=5,
-        metadata={"doc": 'Keep the previous PSF when fewer good stars are available.'})
+        default=5, metadata={"doc": "Keep the previous PSF when fewer good stars are available."}
+    )
     psf_max_shift: float = field(
         default=0.5,
-        metadata={"doc": 'Stars whose centroid moved more than this in the last pass are not used.'})
+        metadata={
+            "doc": "Stars whose centroid moved more than this in the last pass are not used."
+        },
+    )
     psf_min_fracflux: float = field(
         default=0.5,
-        metadata={"doc": 'PSF stars must contribute at least this fraction of the light in their stamp.'})
+        metadata={
+            "doc": "PSF stars must contribute at least this fraction of the light in their stamp."
+        },
+    )
     psf_max_median_loss: float = field(
         default=0.8,
-        metadata={"doc": 'Reject PSF stars whose flux drops by more than this when a local median is subtracted (a diffuse, not a point, source).'})
+        metadata={
+            "doc": "Reject PSF stars whose flux drops by more than this when a local median is subtracted (a diffuse, not a point, source)."
+        },
+    )
     initial_fwhm: float = field(
         default=0.0,
-        metadata={"doc": 'FWHM (pixels) of the Moffat used when no PSF is given; 0 estimates it.'})
+        metadata={"doc": "FWHM (pixels) of the Moffat used when no PSF is given; 0 estimates it."},
+    )
 
     # --- tiling
     tile_size: int = field(
         default=1024,
-        metadata={"doc": 'Core size of the tiles that are fit independently (pixels).'})
+        metadata={"doc": "Core size of the tiles that are fit independently (pixels)."},
+    )
     tile_overlap: int = field(
         default=48,
-        metadata={"doc": 'Margin fit around each tile core, so that sources near the seams see all their neighbours (pixels).'})
+        metadata={
+            "doc": "Margin fit around each tile core, so that sources near the seams see all their neighbours (pixels)."
+        },
+    )
     n_processes: int = field(
-        default=1,
-        metadata={"doc": 'Tiles fit in parallel processes (1 = serial).'})
+        default=1, metadata={"doc": "Tiles fit in parallel processes (1 = serial)."}
+    )
 
     def validate(self) -> None:
         """Raise `ValueError` for parameters that cannot work."""

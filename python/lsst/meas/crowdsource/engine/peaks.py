@@ -20,8 +20,14 @@ from scipy.spatial import cKDTree
 
 from .params import FitParams
 
-__all__ = ["MatchedFilter", "Peaks", "find_peaks", "saturated_cores", "saturated_sources",
-           "saturated_wings"]
+__all__ = [
+    "MatchedFilter",
+    "Peaks",
+    "find_peaks",
+    "saturated_cores",
+    "saturated_sources",
+    "saturated_wings",
+]
 
 
 def _correlate(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -42,9 +48,14 @@ class MatchedFilter:
     coverage: np.ndarray | None
 
     @classmethod
-    def compute(cls, data: np.ndarray, weight: np.ndarray, kernel: np.ndarray,
-                denominator: np.ndarray | None = None,
-                with_coverage: bool = True) -> MatchedFilter:
+    def compute(
+        cls,
+        data: np.ndarray,
+        weight: np.ndarray,
+        kernel: np.ndarray,
+        denominator: np.ndarray | None = None,
+        with_coverage: bool = True,
+    ) -> MatchedFilter:
         k2 = kernel * kernel
         if denominator is None:
             denominator = _correlate(weight, k2)
@@ -78,8 +89,7 @@ class Peaks:
         return len(self.x)
 
 
-def saturated_cores(saturated: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                     np.ndarray]:
+def saturated_cores(saturated: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Centre, core radius and size of each connected saturated region.
 
     The centre is that of the region's deepest part (the pixels farthest
@@ -105,8 +115,7 @@ def saturated_cores(saturated: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return centre[:, 0], centre[:, 1], radius, n_pixels.reshape(-1)
 
 
-def saturated_sources(saturated: np.ndarray, flux_image: np.ndarray,
-                      min_pixels: int = 1) -> Peaks:
+def saturated_sources(saturated: np.ndarray, flux_image: np.ndarray, min_pixels: int = 1) -> Peaks:
     """One source at the centre of each connected saturated region (`saturated_cores`).
 
     The flux guess is the matched-filter flux from the unsaturated wings
@@ -143,10 +152,19 @@ def saturated_wings(saturated: np.ndarray, margin: float) -> np.ndarray:
     return out
 
 
-def find_peaks(resid: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
-               model: np.ndarray, kernel: np.ndarray, known_x: np.ndarray,
-               known_y: np.ndarray, params: FitParams, first_pass: bool,
-               fwhm: float, wings_of_saturated: np.ndarray | None = None) -> Peaks:
+def find_peaks(
+    resid: np.ndarray,
+    weight: np.ndarray,
+    saturated: np.ndarray,
+    model: np.ndarray,
+    kernel: np.ndarray,
+    known_x: np.ndarray,
+    known_y: np.ndarray,
+    params: FitParams,
+    first_pass: bool,
+    fwhm: float,
+    wings_of_saturated: np.ndarray | None = None,
+) -> Peaks:
     """New source candidates in ``resid``.
 
     Parameters
@@ -182,11 +200,10 @@ def find_peaks(resid: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
 
     sep = params.first_pass_separation or fwhm
     size = max(3, 2 * int(np.ceil(sep)) + 1) if first_pass else 3
-    is_max = (sig == ndimage.maximum_filter(sig, size=size, mode="constant", cval=-np.inf))
+    is_max = sig == ndimage.maximum_filter(sig, size=size, mode="constant", cval=-np.inf)
     faint = is_max & (sig > thr)
     bright_thr = thr / params.bright_factor
-    pix_max = pix_sn == ndimage.maximum_filter(pix_sn, size=size, mode="constant",
-                                                cval=-np.inf)
+    pix_max = pix_sn == ndimage.maximum_filter(pix_sn, size=size, mode="constant", cval=-np.inf)
     bright = pix_max & (pix_sn > bright_thr) & (sig > thr)
 
     masked = (weight <= 0) | saturated
@@ -206,8 +223,11 @@ def find_peaks(resid: np.ndarray, weight: np.ndarray, saturated: np.ndarray,
     cand &= mf.coverage > 0.3
 
     # Stand out against the residuals of the sources already modelled.
-    if params.model_significance_factor > 0 or params.model_flux_factor > 0 \
-            or params.model_pixel_factor > 0:
+    if (
+        params.model_significance_factor > 0
+        or params.model_flux_factor > 0
+        or params.model_pixel_factor > 0
+    ):
         mmf = MatchedFilter.compute(model, weight, kernel, denominator, with_coverage=False)
         msig = mmf.significance
         cand &= sig > params.model_significance_factor * msig

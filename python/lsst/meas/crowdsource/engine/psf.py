@@ -21,8 +21,16 @@ import numpy as np
 from .errors import InputError
 from .interpolation import shift_stamps
 
-__all__ = ["PixelPsf", "polynomial_terms", "n_poly_terms", "moffat_stamp",
-           "gaussian_stamp", "central_crop", "psf_from_callable", "check_psf_stamp"]
+__all__ = [
+    "PixelPsf",
+    "polynomial_terms",
+    "n_poly_terms",
+    "moffat_stamp",
+    "gaussian_stamp",
+    "central_crop",
+    "psf_from_callable",
+    "check_psf_stamp",
+]
 
 
 def n_poly_terms(order: int) -> int:
@@ -40,7 +48,7 @@ def polynomial_terms(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
     cols = []
     for deg in range(order + 1):
         for j in range(deg + 1):
-            cols.append(u ** (deg - j) * v ** j)
+            cols.append(u ** (deg - j) * v**j)
     return np.stack(cols, axis=1)
 
 
@@ -52,7 +60,7 @@ def central_crop(stamps: np.ndarray, size: int) -> np.ndarray:
         widths = [(0, 0)] * (stamps.ndim - 2) + [(pad, pad), (pad, pad)]
         return np.pad(stamps, widths)
     lo = (full - size) // 2
-    return stamps[..., lo:lo + size, lo:lo + size]
+    return stamps[..., lo : lo + size, lo : lo + size]
 
 
 def _radius_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +73,7 @@ def moffat_stamp(size: int, fwhm: float, beta: float = 3.0) -> np.ndarray:
     """Unit-sum circular Moffat profile, pixel-centre sampled."""
     alpha = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
     xx, yy = _radius_grid(size)
-    prof = (1.0 + (xx ** 2 + yy ** 2) / alpha ** 2) ** (-beta)
+    prof = (1.0 + (xx**2 + yy**2) / alpha**2) ** (-beta)
     return prof / prof.sum()
 
 
@@ -73,7 +81,7 @@ def gaussian_stamp(size: int, fwhm: float) -> np.ndarray:
     """Unit-sum circular Gaussian, pixel-centre sampled."""
     sigma = fwhm / 2.3548
     xx, yy = _radius_grid(size)
-    prof = np.exp(-0.5 * (xx ** 2 + yy ** 2) / sigma ** 2)
+    prof = np.exp(-0.5 * (xx**2 + yy**2) / sigma**2)
     return prof / prof.sum()
 
 
@@ -90,8 +98,10 @@ def check_psf_stamp(stamp: np.ndarray, name: str = "PSF stamp") -> np.ndarray:
     if stamp.ndim != 2 or stamp.shape[0] != stamp.shape[1]:
         raise InputError(f"{name} must be a square 2-D array; got shape {stamp.shape}.")
     if stamp.shape[0] % 2 == 0:
-        raise InputError(f"{name} must have an odd size so that it has a central pixel; "
-                         f"got {stamp.shape[0]}x{stamp.shape[1]}.")
+        raise InputError(
+            f"{name} must have an odd size so that it has a central pixel; "
+            f"got {stamp.shape[0]}x{stamp.shape[1]}."
+        )
     if stamp.shape[0] < 3:
         raise InputError(f"{name} is too small ({stamp.shape[0]} px); need at least 3x3.")
     if not np.all(np.isfinite(stamp)):
@@ -130,8 +140,10 @@ class PixelPsf:
         if self.coeffs.ndim == 2:
             self.coeffs = self.coeffs[None]
         if self.coeffs.shape[0] != n_poly_terms(self.order):
-            raise InputError(f"PSF with order {self.order} needs {n_poly_terms(self.order)} "
-                             f"coefficient stamps; got {self.coeffs.shape[0]}.")
+            raise InputError(
+                f"PSF with order {self.order} needs {n_poly_terms(self.order)} "
+                f"coefficient stamps; got {self.coeffs.shape[0]}."
+            )
         if self.core <= 0:
             self.core = self.size
 
@@ -205,8 +217,12 @@ def stamp_fwhm(stamp: np.ndarray) -> float:
     return float(2.0 * np.sqrt(area / np.pi))
 
 
-def psf_from_callable(func: Callable[[float, float], np.ndarray], bbox: tuple[int, int, int, int],
-                      order: int = 2, n_grid: int = 4) -> PixelPsf:
+def psf_from_callable(
+    func: Callable[[float, float], np.ndarray],
+    bbox: tuple[int, int, int, int],
+    order: int = 2,
+    n_grid: int = 4,
+) -> PixelPsf:
     """Sample a PSF function on a grid of positions and fit a `PixelPsf`.
 
     Parameters

@@ -56,7 +56,7 @@ def fit_moffat(stamp: np.ndarray) -> tuple[float, float, float]:
 
     def resid(p):
         amp, alpha, beta = p
-        return (amp * (1 + r2 / alpha ** 2) ** (-beta) - data) / scale
+        return (amp * (1 + r2 / alpha**2) ** (-beta) - data) / scale
 
     try:
         res = optimize.least_squares(resid, p0, bounds=([0, 0.3, 1.05], [np.inf, 50.0, 20.0]))
@@ -65,8 +65,14 @@ def fit_moffat(stamp: np.ndarray) -> tuple[float, float, float]:
         return (p0[0], p0[1], p0[2])
 
 
-def wing_profile(stamps: np.ndarray, usable: np.ndarray, dx: np.ndarray, dy: np.ndarray,
-                 flux: np.ndarray, r_min: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def wing_profile(
+    stamps: np.ndarray,
+    usable: np.ndarray,
+    dx: np.ndarray,
+    dy: np.ndarray,
+    flux: np.ndarray,
+    r_min: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Azimuthally averaged PSF profile of bright stars beyond ``r_min``.
 
     Parameters
@@ -104,7 +110,7 @@ def wing_profile(stamps: np.ndarray, usable: np.ndarray, dx: np.ndarray, dy: np.
     with np.errstate(invalid="ignore", divide="ignore"):
         prof = sums / cnt
     valid = cnt > 0
-    w = np.broadcast_to((flux ** 2)[:, None], prof.shape) * valid
+    w = np.broadcast_to((flux**2)[:, None], prof.shape) * valid
     with warnings.catch_warnings():
         # Bins no star reaches are all-NaN; they are dropped below.
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -123,8 +129,9 @@ def wing_profile(stamps: np.ndarray, usable: np.ndarray, dx: np.ndarray, dy: np.
     return radius[ok], mean[ok], err[ok]
 
 
-def _wing_model(radius: np.ndarray, profile: np.ndarray, error: np.ndarray,
-                r: np.ndarray) -> np.ndarray | None:
+def _wing_model(
+    radius: np.ndarray, profile: np.ndarray, error: np.ndarray, r: np.ndarray
+) -> np.ndarray | None:
     """Surface brightness at radii ``r`` from a measured wing profile.
 
     Over the unbroken run of bins measured with S/N > 3 from the inner edge
@@ -144,7 +151,7 @@ def _wing_model(radius: np.ndarray, profile: np.ndarray, error: np.ndarray,
     # to the Moffat and lost two thirds of the light beyond the core).
     first_bad = np.nonzero(~good)[0]
     if first_bad.size:
-        good[first_bad[0]:] = False
+        good[first_bad[0] :] = False
     if good.sum() < 4:
         return None
     rg, pg = radius[good], profile[good]
@@ -161,9 +168,12 @@ def _wing_model(radius: np.ndarray, profile: np.ndarray, error: np.ndarray,
     return np.where(r <= r_last, inner, tail)
 
 
-def extend_with_wings(coeffs: np.ndarray, large: int, blend: int = 3,
-                      profile: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-                      ) -> np.ndarray:
+def extend_with_wings(
+    coeffs: np.ndarray,
+    large: int,
+    blend: int = 3,
+    profile: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     """Extend core coefficient stamps to ``large`` with a wing model.
 
     The wing is the measured bright-star ``profile`` (see `wing_profile`)
@@ -188,12 +198,13 @@ def extend_with_wings(coeffs: np.ndarray, large: int, blend: int = 3,
             padded0 = central_crop(coeffs[:1], large)[0]
             scale = padded0[ring].sum() / max(wing[ring].sum(), 1e-300)
             if not 0.5 < scale < 2.0:
-                _log.debug("Measured PSF wing disagrees with the core by %.2f; using a "
-                           "Moffat wing.", scale)
+                _log.debug(
+                    "Measured PSF wing disagrees with the core by %.2f; using a Moffat wing.", scale
+                )
                 wing = None
     if wing is None:
         amp, alpha, beta = fit_moffat(coeffs[0])
-        wing = amp * (1 + r * r / alpha ** 2) ** (-beta)
+        wing = amp * (1 + r * r / alpha**2) ** (-beta)
     half = core // 2
     # Weight 1 inside radius (half - blend), 0 from radius half outwards.
     t = np.clip((half - r) / max(blend, 1), 0.0, 1.0)
@@ -203,8 +214,9 @@ def extend_with_wings(coeffs: np.ndarray, large: int, blend: int = 3,
     return normalise_coeffs(out)
 
 
-def initial_psf(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray, large: int,
-                fwhm: float = 0.0) -> PixelPsf:
+def initial_psf(
+    image: np.ndarray, weight: np.ndarray, saturated: np.ndarray, large: int, fwhm: float = 0.0
+) -> PixelPsf:
     """A Moffat PSF whose FWHM is measured from bright isolated peaks.
 
     With ``fwhm > 0`` that FWHM is used instead of a measurement.
@@ -213,8 +225,10 @@ def initial_psf(image: np.ndarray, weight: np.ndarray, saturated: np.ndarray, la
         fwhm = _measure_fwhm(image, weight, saturated)
         if not np.isfinite(fwhm):
             fwhm = 3.0
-            _log.warning("Could not measure the FWHM from the image; starting from a "
-                         "%.1f px Moffat PSF.", fwhm)
+            _log.warning(
+                "Could not measure the FWHM from the image; starting from a %.1f px Moffat PSF.",
+                fwhm,
+            )
     return PixelPsf(moffat_stamp(large, fwhm, beta=3.0)[None], order=0)
 
 
@@ -238,17 +252,29 @@ def _measure_fwhm(image, weight, saturated, half=7, n_max=100) -> float:
     order = np.argsort(-sn[iy, ix])[:n_max]
     iy, ix = iy[order], ix[order]
     off = np.arange(-half, half + 1)
-    stamps = (image - sky)[iy[:, None, None] + off[None, :, None], ix[:, None, None] + off[None, None, :]]
+    stamps = (image - sky)[
+        iy[:, None, None] + off[None, :, None], ix[:, None, None] + off[None, None, :]
+    ]
     stamps = stamps / stamps[:, half, half][:, None, None]
     return stamp_fwhm(np.median(stamps, axis=0))
 
 
-def fit_psf(image_minus_others: np.ndarray, dx: np.ndarray, dy: np.ndarray, x: np.ndarray,
-            y: np.ndarray, flux: np.ndarray, current: PixelPsf, order: int, core: int,
-            min_stars: int, bbox: tuple[float, float, float, float],
-            profile: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-            snr: np.ndarray | None = None, floor: float = 0.0
-            ) -> tuple[PixelPsf | None, int]:
+def fit_psf(
+    image_minus_others: np.ndarray,
+    dx: np.ndarray,
+    dy: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    flux: np.ndarray,
+    current: PixelPsf,
+    order: int,
+    core: int,
+    min_stars: int,
+    bbox: tuple[float, float, float, float],
+    profile: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    snr: np.ndarray | None = None,
+    floor: float = 0.0,
+) -> tuple[PixelPsf | None, int]:
     """Fit a new PSF to neighbour-subtracted stamps of selected stars.
 
     Parameters
@@ -309,7 +335,7 @@ def fit_psf(image_minus_others: np.ndarray, dx: np.ndarray, dy: np.ndarray, x: n
             star_w = np.ones(n)
         else:
             s2 = np.clip(np.nan_to_num(np.asarray(snr, float), nan=0.0), 1e-3, 1e8) ** 2
-            star_w = 1.0 / (1.0 / s2 + floor ** 2)
+            star_w = 1.0 / (1.0 / s2 + floor**2)
             star_w = star_w / star_w.max()
         sw = np.sqrt(star_w)[:, None]
         use = np.ones(flat.shape, dtype=bool)
@@ -336,8 +362,9 @@ def fit_psf(image_minus_others: np.ndarray, dx: np.ndarray, dy: np.ndarray, x: n
     return new, int(used.sum())
 
 
-def _masked_lstsq(terms: np.ndarray, values: np.ndarray, use: np.ndarray,
-                  row_weight: np.ndarray | None = None) -> np.ndarray:
+def _masked_lstsq(
+    terms: np.ndarray, values: np.ndarray, use: np.ndarray, row_weight: np.ndarray | None = None
+) -> np.ndarray:
     """Per-column weighted least squares of ``values ~ terms @ c`` using only ``use``.
 
     All columns share ``terms``; each column has its own mask, so the normal

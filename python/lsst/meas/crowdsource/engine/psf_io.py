@@ -11,21 +11,33 @@ __all__ = ["psf_to_dict", "psf_from_dict", "ParentFramePsf"]
 
 
 def _pixel_to_dict(p: PixelPsf) -> dict:
-    return {"order": int(p.order), "center": [float(c) for c in p.center],
-            "scale": float(p.scale), "core": int(p.core), "coeffs": p.coeffs.tolist()}
+    return {
+        "order": int(p.order),
+        "center": [float(c) for c in p.center],
+        "scale": float(p.scale),
+        "core": int(p.core),
+        "coeffs": p.coeffs.tolist(),
+    }
 
 
 def _pixel_from_dict(d: dict) -> PixelPsf:
-    return PixelPsf(np.asarray(d["coeffs"], float), int(d["order"]), tuple(d["center"]),
-                    float(d["scale"]), int(d["core"]))
+    return PixelPsf(
+        np.asarray(d["coeffs"], float),
+        int(d["order"]),
+        tuple(d["center"]),
+        float(d["scale"]),
+        int(d["core"]),
+    )
 
 
 def psf_to_dict(psf: PixelPsf | TiledPsf, xy0: tuple[int, int] = (0, 0)) -> dict:
     """Plain-data form of a fitted PSF (YAML/JSON friendly)."""
     out = {"format": "meas_crowdsource.psf/1", "xy0": [int(xy0[0]), int(xy0[1])]}
     if isinstance(psf, TiledPsf):
-        out["tiles"] = [{"core": list(t.core), "outer": list(t.outer), "psf": _pixel_to_dict(m)}
-                        for t, m in zip(psf.tiles, psf.models)]
+        out["tiles"] = [
+            {"core": list(t.core), "outer": list(t.outer), "psf": _pixel_to_dict(m)}
+            for t, m in zip(psf.tiles, psf.models)
+        ]
     else:
         out["tiles"] = [{"core": None, "outer": None, "psf": _pixel_to_dict(psf)}]
     return out
@@ -56,7 +68,8 @@ def psf_from_dict(d: dict) -> ParentFramePsf:
     if len(tiles) == 1 and tiles[0]["core"] is None:
         model = _pixel_from_dict(tiles[0]["psf"])
     else:
-        model = TiledPsf([Tile(i, tuple(t["core"]), tuple(t["outer"]))
-                          for i, t in enumerate(tiles)],
-                         [_pixel_from_dict(t["psf"]) for t in tiles])
+        model = TiledPsf(
+            [Tile(i, tuple(t["core"]), tuple(t["outer"])) for i, t in enumerate(tiles)],
+            [_pixel_from_dict(t["psf"]) for t in tiles],
+        )
     return ParentFramePsf(model, tuple(d["xy0"]))

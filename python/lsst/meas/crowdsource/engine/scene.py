@@ -46,8 +46,9 @@ class StampGroup:
         return self.pix >= 0
 
 
-def choose_stamp_sizes(flux: np.ndarray, psf: PixelPsf, sizes: list[int],
-                       pixel_noise: float, noise_fraction: float) -> np.ndarray:
+def choose_stamp_sizes(
+    flux: np.ndarray, psf: PixelPsf, sizes: list[int], pixel_noise: float, noise_fraction: float
+) -> np.ndarray:
     """Index into ``sizes`` of the stamp each source needs.
 
     A source gets the smallest stamp whose edge, where the PSF times the
@@ -62,7 +63,7 @@ def choose_stamp_sizes(flux: np.ndarray, psf: PixelPsf, sizes: list[int],
         if half + 1 > c:
             edge = 0.0
         else:
-            ring = stamp[c - half - 1:c + half + 2, c - half - 1:c + half + 2].copy()
+            ring = stamp[c - half - 1 : c + half + 2, c - half - 1 : c + half + 2].copy()
             ring[1:-1, 1:-1] = 0.0
             edge = ring.max()
         ok = undecided & (np.abs(flux) * edge < noise_fraction * pixel_noise)
@@ -71,9 +72,16 @@ def choose_stamp_sizes(flux: np.ndarray, psf: PixelPsf, sizes: list[int],
     return choice
 
 
-def render_scene(x: np.ndarray, y: np.ndarray, size_index: np.ndarray, sizes: list[int],
-                 psf: PixelPsf, shape: tuple[int, int], derivatives: bool,
-                 origin: tuple[int, int] = (0, 0)) -> list[StampGroup]:
+def render_scene(
+    x: np.ndarray,
+    y: np.ndarray,
+    size_index: np.ndarray,
+    sizes: list[int],
+    psf: PixelPsf,
+    shape: tuple[int, int],
+    derivatives: bool,
+    origin: tuple[int, int] = (0, 0),
+) -> list[StampGroup]:
     """Render the PSF of every source, grouped by stamp size.
 
     Positions are in the pixel coordinates of the array of ``shape``
@@ -108,22 +116,35 @@ def gather(image: np.ndarray, group: StampGroup) -> np.ndarray:
     return np.where(group.valid, flat[np.maximum(group.pix, 0)], 0.0)
 
 
-def scene_image(groups: list[StampGroup], flux: np.ndarray, shape: tuple[int, int],
-                gx: np.ndarray | None = None, gy: np.ndarray | None = None) -> np.ndarray:
+def scene_image(
+    groups: list[StampGroup],
+    flux: np.ndarray,
+    shape: tuple[int, int],
+    gx: np.ndarray | None = None,
+    gy: np.ndarray | None = None,
+) -> np.ndarray:
     """Sum of all sources: ``flux * psf (+ gx * dpsf/dx + gy * dpsf/dy)``."""
     total = np.zeros(shape[0] * shape[1])
     for g in groups:
         stamps = flux[g.index, None, None] * g.psf
         if gx is not None and g.dpsf_dx is not None:
-            stamps = stamps + gx[g.index, None, None] * g.dpsf_dx \
-                + gy[g.index, None, None] * g.dpsf_dy
+            stamps = (
+                stamps + gx[g.index, None, None] * g.dpsf_dx + gy[g.index, None, None] * g.dpsf_dy
+            )
         v = g.valid
         total += np.bincount(g.pix[v], weights=stamps[v], minlength=total.size)
     return total.reshape(shape)
 
 
-def wing_image(x: np.ndarray, y: np.ndarray, flux: np.ndarray, size_index: np.ndarray,
-               sizes: list[int], psf: PixelPsf, shape: tuple[int, int]) -> np.ndarray:
+def wing_image(
+    x: np.ndarray,
+    y: np.ndarray,
+    flux: np.ndarray,
+    size_index: np.ndarray,
+    sizes: list[int],
+    psf: PixelPsf,
+    shape: tuple[int, int],
+) -> np.ndarray:
     """Light of every source outside its fitting stamp, out to the full PSF.
 
     Faint sources are fit with small stamps, but the PSF is normalised to
@@ -146,8 +167,9 @@ def wing_image(x: np.ndarray, y: np.ndarray, flux: np.ndarray, size_index: np.nd
             continue
         kernel = full.copy()
         h = s // 2
-        kernel[c - h:c + h + 1, c - h:c + h + 1] = 0.0
-        delta = np.bincount(iy[sel] * nx + ix[sel], weights=flux[sel],
-                            minlength=nx * ny).reshape(shape)
+        kernel[c - h : c + h + 1, c - h : c + h + 1] = 0.0
+        delta = np.bincount(iy[sel] * nx + ix[sel], weights=flux[sel], minlength=nx * ny).reshape(
+            shape
+        )
         out += signal.oaconvolve(delta, kernel, mode="same")
     return out

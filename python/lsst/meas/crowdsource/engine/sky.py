@@ -41,9 +41,11 @@ def boxed_sky(resid: np.ndarray, good: np.ndarray, box: int, smooth: int = 3) ->
     blocks = padded.reshape(nby, box, nbx, box).transpose(0, 2, 1, 3).reshape(nby, nbx, -1)
     count = np.sum(np.isfinite(blocks), axis=2)
     with np.errstate(all="ignore"):
-        grid = np.where(count >= max(3, box * box // 10),
-                        np.nanmedian(np.where(count[..., None] > 0, blocks, 0.0), axis=2),
-                        np.nan)
+        grid = np.where(
+            count >= max(3, box * box // 10),
+            np.nanmedian(np.where(count[..., None] > 0, blocks, 0.0), axis=2),
+            np.nan,
+        )
     if np.all(np.isnan(grid)):
         return np.full(resid.shape, global_sky(resid, good))
     missing = np.isnan(grid)

@@ -41,8 +41,12 @@ class Tile:
     def in_core(self, x: np.ndarray, y: np.ndarray, pad: float = 0.0) -> np.ndarray:
         """Positions (array coordinates) inside the core, grown by ``pad``."""
         x0, y0, x1, y1 = self.core
-        return ((x >= x0 - 0.5 - pad) & (x < x1 - 0.5 + pad)
-                & (y >= y0 - 0.5 - pad) & (y < y1 - 0.5 + pad))
+        return (
+            (x >= x0 - 0.5 - pad)
+            & (x < x1 - 0.5 + pad)
+            & (y >= y0 - 0.5 - pad)
+            & (y < y1 - 0.5 + pad)
+        )
 
 
 def make_tiles(shape: tuple[int, int], size: int, overlap: int) -> list[Tile]:
@@ -56,8 +60,12 @@ def make_tiles(shape: tuple[int, int], size: int, overlap: int) -> list[Tile]:
     for j in range(nty):
         for i in range(ntx):
             core = (int(ex[i]), int(ey[j]), int(ex[i + 1]), int(ey[j + 1]))
-            outer = (max(0, core[0] - overlap), max(0, core[1] - overlap),
-                     min(nx, core[2] + overlap), min(ny, core[3] + overlap))
+            outer = (
+                max(0, core[0] - overlap),
+                max(0, core[1] - overlap),
+                min(nx, core[2] + overlap),
+                min(ny, core[3] + overlap),
+            )
             tiles.append(Tile(len(tiles), core, outer))
     return tiles
 
@@ -78,8 +86,10 @@ class TiledPsf:
             if t.in_core(np.array([x]), np.array([y]))[0]:
                 return m
         # Outside every core (off the image): the nearest tile.
-        d = [np.hypot(x - 0.5 * (t.core[0] + t.core[2]), y - 0.5 * (t.core[1] + t.core[3]))
-             for t in self.tiles]
+        d = [
+            np.hypot(x - 0.5 * (t.core[0] + t.core[2]), y - 0.5 * (t.core[1] + t.core[3]))
+            for t in self.tiles
+        ]
         return self.models[int(np.argmin(d))]
 
     def stamp(self, x: float, y: float, size: int | None = None) -> np.ndarray:
@@ -95,9 +105,14 @@ class TiledPsf:
         return self.models[0].size
 
 
-def select_tile_sources(tiles: list[Tile], xs: list[np.ndarray], ys: list[np.ndarray],
-                        forced: list[np.ndarray], forced_home: np.ndarray | None,
-                        tol: float) -> list[np.ndarray]:
+def select_tile_sources(
+    tiles: list[Tile],
+    xs: list[np.ndarray],
+    ys: list[np.ndarray],
+    forced: list[np.ndarray],
+    forced_home: np.ndarray | None,
+    tol: float,
+) -> list[np.ndarray]:
     """Which sources of each tile's fit go into the stitched catalogue.
 
     Parameters
@@ -133,8 +148,9 @@ def select_tile_sources(tiles: list[Tile], xs: list[np.ndarray], ys: list[np.nda
     for ti, (t, x, y, k) in enumerate(zip(tiles, xs, ys, keep)):
         idx = np.nonzero(k & (forced[ti] < 0))[0]
         x0, y0, x1, y1 = t.core
-        d = np.minimum.reduce([x[idx] - (x0 - 0.5), (x1 - 0.5) - x[idx],
-                               y[idx] - (y0 - 0.5), (y1 - 0.5) - y[idx]])
+        d = np.minimum.reduce(
+            [x[idx] - (x0 - 0.5), (x1 - 0.5) - x[idx], y[idx] - (y0 - 0.5), (y1 - 0.5) - y[idx]]
+        )
         pts.append(np.column_stack([x[idx], y[idx]]))
         owner.append(np.full(idx.size, ti))
         pos.append(idx)

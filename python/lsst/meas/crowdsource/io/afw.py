@@ -44,8 +44,14 @@ from ..catalog import SLOT_ALIASES, Column
 from ..engine import InputError
 from .inputs import ExposureInputs
 
-__all__ = ["afw_exposure_inputs", "afw_schema", "source_catalog_from_table",
-           "centred_odd_stamp", "numpy_to_afw_image", "background_image"]
+__all__ = [
+    "afw_exposure_inputs",
+    "afw_schema",
+    "source_catalog_from_table",
+    "centred_odd_stamp",
+    "numpy_to_afw_image",
+    "background_image",
+]
 
 #: numpy dtype of a `Column` -> afw field type string (the keys of
 #: ``lsst.afw.table.Field``).  afw has no 16-bit signed type: ``i2`` is
@@ -89,12 +95,14 @@ def centred_odd_stamp(array: np.ndarray, x0: int, y0: int) -> np.ndarray:
     ny, nx = arr.shape
     cx, cy = -int(x0), -int(y0)
     if not (0 <= cx < nx and 0 <= cy < ny):
-        raise InputError(f"The PSF kernel image (xy0=({x0}, {y0}), shape {arr.shape}) does not "
-                         "contain its centre pixel (0, 0).")
+        raise InputError(
+            f"The PSF kernel image (xy0=({x0}, {y0}), shape {arr.shape}) does not "
+            "contain its centre pixel (0, 0)."
+        )
     half = min(cx, nx - 1 - cx, cy, ny - 1 - cy)
     if nx == ny == 2 * half + 1:
         return arr
-    stamp = np.array(arr[cy - half:cy + half + 1, cx - half:cx + half + 1])
+    stamp = np.array(arr[cy - half : cy + half + 1, cx - half : cx + half + 1])
     total = stamp.sum()
     if total > 0:
         stamp /= total
@@ -178,10 +186,17 @@ def afw_exposure_inputs(exposure) -> ExposureInputs:
     pixel_to_sky, sky_to_pixel = (None, None) if wcs is None else _wcs_callables(wcs)
     calib = exposure.getPhotoCalib()
     njy = None if calib is None else float(calib.getCalibrationMean())
-    return ExposureInputs(image=image, variance=variance, mask=mask, mask_planes=planes,
-                          xy0=(int(xy0.getX()), int(xy0.getY())), psf=psf,
-                          pixel_to_sky=pixel_to_sky, sky_to_pixel=sky_to_pixel,
-                          njy_per_count=njy)
+    return ExposureInputs(
+        image=image,
+        variance=variance,
+        mask=mask,
+        mask_planes=planes,
+        xy0=(int(xy0.getX()), int(xy0.getY())),
+        psf=psf,
+        pixel_to_sky=pixel_to_sky,
+        sky_to_pixel=sky_to_pixel,
+        njy_per_count=njy,
+    )
 
 
 def afw_schema(columns: list[Column]):
@@ -216,8 +231,10 @@ def afw_schema(columns: list[Column]):
         try:
             afw_type = AFW_FIELD_TYPES[col.dtype]
         except KeyError:
-            raise ValueError(f"Column {col.name!r} has dtype {col.dtype!r}, which has no afw "
-                             f"field type (known: {sorted(AFW_FIELD_TYPES)}).") from None
+            raise ValueError(
+                f"Column {col.name!r} has dtype {col.dtype!r}, which has no afw "
+                f"field type (known: {sorted(AFW_FIELD_TYPES)})."
+            ) from None
         schema.addField(col.afw_name, type=afw_type, doc=col.doc, units=col.unit)
         existing.add(col.afw_name)
     aliases = schema.getAliasMap()
@@ -319,6 +336,7 @@ def background_image(background, shape: tuple[int, int]) -> np.ndarray:
         return np.zeros(shape, dtype=np.float32)
     arr = np.asarray(img.array)
     if arr.shape != tuple(shape):
-        raise InputError(f"The background image has shape {arr.shape} but the exposure has "
-                         f"shape {tuple(shape)}.")
+        raise InputError(
+            f"The background image has shape {arr.shape} but the exposure has shape {tuple(shape)}."
+        )
     return arr

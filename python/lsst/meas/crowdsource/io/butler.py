@@ -184,4 +184,6 @@ def put_calexp(
     dtype = DatasetType(dataset_type, CALEXP_DIMENSIONS, STORAGE_CLASS, universe=butler.dimensions)
     butler.registry.registerDatasetType(dtype)
     butler.registry.registerRun(run)
-    return butler.put(ccd, dtype, instrument=instrument, visit=int(visit), detector=int(detector), run=run)
+    return butler.put(
+        ccd, dtype, instrument=instrument, visit=int(visit), detector=int(detector), run=run
+    )

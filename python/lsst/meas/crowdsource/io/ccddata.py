@@ -170,18 +170,46 @@ _MAX_MASK_PLANES = 32
 # Keywords that describe the file rather than the exposure.
 _STRUCTURAL_KEYS = frozenset(
     {
-        "SIMPLE", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT", "XTENSION",
-        "BSCALE", "BZERO", "BLANK", "CHECKSUM", "DATASUM", "EXTNAME", "EXTTYPE",
-        "EXTVER", "EXTLEVEL", "INHERIT", "COMMENT", "HISTORY", "", "BUNIT",
-        "LTV1", "LTV2",
+        "SIMPLE",
+        "BITPIX",
+        "NAXIS",
+        "EXTEND",
+        "PCOUNT",
+        "GCOUNT",
+        "XTENSION",
+        "BSCALE",
+        "BZERO",
+        "BLANK",
+        "CHECKSUM",
+        "DATASUM",
+        "EXTNAME",
+        "EXTTYPE",
+        "EXTVER",
+        "EXTLEVEL",
+        "INHERIT",
+        "COMMENT",
+        "HISTORY",
+        "",
+        "BUNIT",
+        "LTV1",
+        "LTV2",
     }
 )
 # afw archive bookkeeping: meaningless once the archive HDUs are dropped.
 _ARCHIVE_KEYS = frozenset(
     {
-        "AR_HDU", "EXPINFO_V", "PSF_ID", "SKYWCS_ID", "COADD_INPUTS_ID",
-        "AP_CORR_MAP_ID", "VALID_POLYGON_ID", "TRANSMISSION_CURVE_ID",
-        "DETECTOR_ID", "PHOTOCALIB_ID", "FILTER_ID", "SUMMARY_STATS_ID",
+        "AR_HDU",
+        "EXPINFO_V",
+        "PSF_ID",
+        "SKYWCS_ID",
+        "COADD_INPUTS_ID",
+        "AP_CORR_MAP_ID",
+        "VALID_POLYGON_ID",
+        "TRANSMISSION_CURVE_ID",
+        "DETECTOR_ID",
+        "PHOTOCALIB_ID",
+        "FILTER_ID",
+        "SUMMARY_STATS_ID",
     }
 )
 _WCS_KEY_RE = re.compile(
@@ -450,7 +478,9 @@ def make_ccddata(
     with np.errstate(invalid="ignore"):
         n_negative = int(np.count_nonzero(variance_arr < 0))
     if n_negative:
-        raise ValueError(f"variance has {n_negative} negative pixel(s); variances must be >= 0 (or NaN)")
+        raise ValueError(
+            f"variance has {n_negative} negative pixel(s); variances must be >= 0 (or NaN)"
+        )
 
     new_meta: dict[str, Any] = {}
     if meta is not None:
@@ -473,7 +503,9 @@ def make_ccddata(
         declared = 0
         for bit in planes.values():
             declared |= 1 << bit
-        used = int(np.bitwise_or.reduce(mask_arr.view(np.uint32), axis=None)) if mask_arr.size else 0
+        used = (
+            int(np.bitwise_or.reduce(mask_arr.view(np.uint32), axis=None)) if mask_arr.size else 0
+        )
         stray = used & ~declared
         if stray:
             raise ValueError(
@@ -575,7 +607,9 @@ def to_hdulist(ccd: CCDData) -> fits.HDUList:
             continue
         _append_card(primary.header, key, value)
     if photcalib is not None:
-        _append_card(primary.header, PHOTCALIB_KEY, photcalib, "nJy per image count (meas_crowdsource)")
+        _append_card(
+            primary.header, PHOTCALIB_KEY, photcalib, "nJy per image count (meas_crowdsource)"
+        )
         _append_card(
             primary.header,
             "FLUXMAG0",
@@ -655,7 +689,9 @@ def from_hdulist(hdul: fits.HDUList, source: str = "<HDUList>") -> CCDData:
         if hdu.data is None:
             raise ValueError(f"{source}: HDU '{extname}' has no data")
         if hdu.data.ndim != 2:
-            raise ValueError(f"{source}: HDU '{extname}' is {hdu.data.ndim}-D; expected a 2-D image")
+            raise ValueError(
+                f"{source}: HDU '{extname}' is {hdu.data.ndim}-D; expected a 2-D image"
+            )
         planes_hdu[extname] = hdu
     shapes = {name: hdu.data.shape for name, hdu in planes_hdu.items()}
     if len(set(shapes.values())) != 1:
@@ -829,7 +865,9 @@ def _integral(value: Any, what: str) -> int:
 def _check_photcalib(value: Any) -> float:
     """Validate a nJy-per-count calibration factor."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{PHOTCALIB_KEY} (nJy per count) must be a positive number; got {value!r}")
+        raise ValueError(
+            f"{PHOTCALIB_KEY} (nJy per count) must be a positive number; got {value!r}"
+        )
     value = float(value)
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{PHOTCALIB_KEY} (nJy per count) must be finite and > 0; got {value!r}")
@@ -839,14 +877,18 @@ def _check_photcalib(value: Any) -> float:
 def _validate_planes(planes: Mapping[str, Any], source: str = "mask_planes") -> dict[str, int]:
     """Check a ``{name: bit}`` mapping and return it ordered by bit."""
     if not isinstance(planes, Mapping):
-        raise TypeError(f"{source} must be a mapping of plane name to bit; got {type(planes).__name__}")
+        raise TypeError(
+            f"{source} must be a mapping of plane name to bit; got {type(planes).__name__}"
+        )
     result: dict[str, int] = {}
     owner: dict[int, str] = {}
     for name, bit in planes.items():
         if not isinstance(name, str) or not name or not name.strip() == name or " " in name:
             raise ValueError(f"{source}: invalid mask plane name {name!r}")
         if isinstance(bit, bool) or not isinstance(bit, numbers.Integral):
-            raise ValueError(f"{source}: bit of mask plane {name!r} must be an integer; got {bit!r}")
+            raise ValueError(
+                f"{source}: bit of mask plane {name!r} must be an integer; got {bit!r}"
+            )
         bit = int(bit)
         if not 0 <= bit < _MAX_MASK_PLANES:
             raise ValueError(f"{source}: bit of mask plane {name!r} must be in [0, 31]; got {bit}")
@@ -860,7 +902,7 @@ def _validate_planes(planes: Mapping[str, Any], source: str = "mask_planes") -> 
 def _planes_from_mapping(mapping: Mapping[str, Any], source: str = "meta") -> dict[str, int]:
     """Collect the ``MP_*`` keywords of a header or meta mapping."""
     found = {
-        str(key)[len(MASK_PLANE_PREFIX):]: value
+        str(key)[len(MASK_PLANE_PREFIX) :]: value
         for key, value in mapping.items()
         if str(key).upper().startswith(MASK_PLANE_PREFIX)
     }
@@ -942,7 +984,9 @@ def _append_card(header: fits.Header, key: str, value: Any, comment: str | None 
             card.verify("exception")
             str(card)  # formatting is where over-long HIERARCH cards fail
     except (ValueError, fits.verify.VerifyError, fits.verify.VerifyWarning) as err:
-        raise ValueError(f"meta[{key!r}] = {value!r} cannot be written as a FITS card: {err}") from None
+        raise ValueError(
+            f"meta[{key!r}] = {value!r} cannot be written as a FITS card: {err}"
+        ) from None
     header.append(card, end=True)
 
 
@@ -999,9 +1043,13 @@ def _read_xy0(header: fits.Header, source: str) -> tuple[int, int]:
     try:
         if header.get("CRPIX1A") == 1.0 and header.get("CRPIX2A") == 1.0 and "CRVAL1A" in header:
             return int(round(float(header["CRVAL1A"]))), int(round(float(header["CRVAL2A"])))
-        return -int(round(float(header.get("LTV1", 0.0)))), -int(round(float(header.get("LTV2", 0.0))))
+        return -int(round(float(header.get("LTV1", 0.0)))), -int(
+            round(float(header.get("LTV2", 0.0)))
+        )
     except (TypeError, ValueError, KeyError) as err:
-        raise ValueError(f"{source}: unreadable image origin (CRVAL1A/CRVAL2A or LTV1/LTV2): {err}") from None
+        raise ValueError(
+            f"{source}: unreadable image origin (CRVAL1A/CRVAL2A or LTV1/LTV2): {err}"
+        ) from None
 
 
 def _read_wcs(header: fits.Header, source: str) -> WCS | None:
@@ -1029,7 +1077,9 @@ def _read_unit(header: fits.Header, source: str, meta: dict[str, Any]) -> u.Unit
         return u.Unit(str(bunit).strip())
     except ValueError:
         _LOG.warning(
-            "%s: cannot parse BUNIT=%r; using adu and keeping it in meta['BUNIT_RAW']", source, bunit
+            "%s: cannot parse BUNIT=%r; using adu and keeping it in meta['BUNIT_RAW']",
+            source,
+            bunit,
         )
         meta["BUNIT_RAW"] = str(bunit)
         return u.adu
@@ -1075,7 +1125,10 @@ def _photcalib_from_archive(hdul: fits.HDUList, header: fits.Header, source: str
         cat_archive = int(column(index, "cat.archive")[row])
         row0 = int(column(index, "row0")[row])
         for hdu in hdul:
-            if hdu.header.get("EXTTYPE") == "ARCHIVE_DATA" and hdu.header.get("AR_CATN") == cat_archive:
+            if (
+                hdu.header.get("EXTTYPE") == "ARCHIVE_DATA"
+                and hdu.header.get("AR_CATN") == cat_archive
+            ):
                 value = float(column(hdu.data, "calibrationMean")[row0])
                 return _check_photcalib(value)
     except Exception as err:  # best effort only: never fail a read over this
@@ -1105,12 +1158,15 @@ def ccddata_inputs(ccd) -> ExposureInputs:
         raise InputError(f"CCDData must hold a 2-D image; got shape {image.shape}.")
     unc = ccd.uncertainty
     if unc is None:
-        raise InputError("CCDData has no uncertainty: give a VarianceUncertainty (or "
-                         "InverseVariance / StdDevUncertainty).")
+        raise InputError(
+            "CCDData has no uncertainty: give a VarianceUncertainty (or "
+            "InverseVariance / StdDevUncertainty)."
+        )
     arr = np.asarray(unc.array, dtype=float)
     if arr.shape != image.shape:
-        raise InputError(f"The uncertainty has shape {arr.shape} but the image has shape "
-                         f"{image.shape}.")
+        raise InputError(
+            f"The uncertainty has shape {arr.shape} but the image has shape {image.shape}."
+        )
     with np.errstate(divide="ignore", invalid="ignore"):
         if isinstance(unc, VarianceUncertainty):
             variance = arr
@@ -1119,33 +1175,38 @@ def ccddata_inputs(ccd) -> ExposureInputs:
         elif isinstance(unc, StdDevUncertainty):
             variance = arr * arr
         else:
-            raise InputError(f"Unsupported uncertainty type {type(unc).__name__}; use "
-                             "VarianceUncertainty, InverseVariance or StdDevUncertainty.")
+            raise InputError(
+                f"Unsupported uncertainty type {type(unc).__name__}; use "
+                "VarianceUncertainty, InverseVariance or StdDevUncertainty."
+            )
     planes = mask_planes(ccd)
     raw = None if ccd.mask is None else np.asarray(ccd.mask)
     if raw is not None and raw.shape != image.shape:
-        raise InputError(f"The mask has shape {raw.shape} but the image has shape "
-                         f"{image.shape}.")
+        raise InputError(f"The mask has shape {raw.shape} but the image has shape {image.shape}.")
     if raw is not None and raw.dtype == bool:
         if set(planes) - {"BAD"}:
             raise InputError(
                 "The CCDData mask is boolean but its meta names mask planes "
                 f"({', '.join(sorted(planes))}): a plain CCDData turns an integer mask "
                 "into booleans. Build it with lsst.meas.crowdsource.io.ccddata.make_ccddata "
-                "(or read_calexp_fits) to keep the planes, or drop the MP_ keys to mean BAD.")
+                "(or read_calexp_fits) to keep the planes, or drop the MP_ keys to mean BAD."
+            )
         planes = {"BAD": 0}
         mask = raw.astype(np.int32)
     else:
         mask = get_bit_mask(ccd)
         if not planes and mask.any():
-            raise InputError("The integer mask has no plane names: add MP_<NAME> = bit "
-                             "entries to the meta (e.g. MP_BAD=0, MP_SAT=1), or pass a "
-                             "boolean mask meaning BAD.")
+            raise InputError(
+                "The integer mask has no plane names: add MP_<NAME> = bit "
+                "entries to the meta (e.g. MP_BAD=0, MP_SAT=1), or pass a "
+                "boolean mask meaning BAD."
+            )
     x0, y0 = get_xy0(ccd)
     psf = getattr(ccd, "psf", None)
     pixel_to_sky = sky_to_pixel = None
     wcs = ccd.wcs
     if wcs is not None and wcs.has_celestial:
+
         def pixel_to_sky(x, y, _w=wcs, _x0=x0, _y0=y0):
             ra, dec = _w.all_pix2world(np.asarray(x) - _x0, np.asarray(y) - _y0, 0)
             return np.asarray(ra), np.asarray(dec)
@@ -1153,5 +1214,7 @@ def ccddata_inputs(ccd) -> ExposureInputs:
         def sky_to_pixel(ra, dec, _w=wcs, _x0=x0, _y0=y0):
             x, y = _w.all_world2pix(np.asarray(ra, float), np.asarray(dec, float), 0)
             return np.asarray(x) + _x0, np.asarray(y) + _y0
-    return ExposureInputs(image, variance, mask, planes, (x0, y0), psf, pixel_to_sky,
-                          sky_to_pixel, get_photcalib(ccd))
+
+    return ExposureInputs(
+        image, variance, mask, planes, (x0, y0), psf, pixel_to_sky, sky_to_pixel, get_photcalib(ccd)
+    )

@@ -46,4 +46,5 @@ def exposure_inputs(exposure) -> ExposureInputs:
         return visit_image_inputs(exposure)
     raise TypeError(
         f"Cannot fit a {type(exposure).__module__}.{type(exposure).__qualname__}: expected an "
-        "lsst.afw.image.Exposure, an lsst.images.VisitImage or an astropy.nddata.CCDData.")
+        "lsst.afw.image.Exposure, an lsst.images.VisitImage or an astropy.nddata.CCDData."
+    )

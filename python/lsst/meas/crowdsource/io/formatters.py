@@ -96,7 +96,9 @@ class CCDDataCalexpFormatter(FormatterV2):
     unsupported_parameters = None  # no read parameters (e.g. bbox) yet
     can_read_from_local_file = True
 
-    def read_from_local_file(self, path: str, component: str | None = None, expected_size: int = -1) -> Any:
+    def read_from_local_file(
+        self, path: str, component: str | None = None, expected_size: int = -1
+    ) -> Any:
         # Docstring inherited.
         if component in _HDU_COMPONENTS:
             extname, dtype = _HDU_COMPONENTS[component]

@@ -51,8 +51,10 @@ def _legacy_plane_names() -> dict[str, list[str]]:
     )
 
     result: dict[str, list[str]] = {}
-    for mapping in (get_legacy_visit_image_mask_planes(),
-                    get_legacy_difference_image_mask_planes()):
+    for mapping in (
+        get_legacy_visit_image_mask_planes(),
+        get_legacy_difference_image_mask_planes(),
+    ):
         for legacy_name, plane in mapping.items():
             names = result.setdefault(plane.name, [])
             if legacy_name != plane.name and legacy_name not in names:
@@ -167,8 +169,10 @@ def _njy_per_unit(visit_image) -> float | None:
         return None
     bbox = visit_image.bbox
     n = 1 if scaling.is_constant else 5
-    gx, gy = np.meshgrid(bbox.x.linspace(n) if n > 1 else np.array([bbox.x.center]),
-                         bbox.y.linspace(n) if n > 1 else np.array([bbox.y.center]))
+    gx, gy = np.meshgrid(
+        bbox.x.linspace(n) if n > 1 else np.array([bbox.x.center]),
+        bbox.y.linspace(n) if n > 1 else np.array([bbox.y.center]),
+    )
     values = np.asarray(scaling(x=gx.ravel(), y=gy.ravel()), dtype=float)
     return float(np.mean(values)) * factor
 
@@ -210,16 +214,26 @@ def visit_image_inputs(visit_image) -> ExposureInputs:
     from lsst.images import MaskedImage
 
     if not isinstance(visit_image, MaskedImage):
-        raise TypeError(f"Expected an lsst.images.VisitImage (or another lsst.images.MaskedImage); "
-                        f"got {type(visit_image).__module__}.{type(visit_image).__qualname__}.")
+        raise TypeError(
+            f"Expected an lsst.images.VisitImage (or another lsst.images.MaskedImage); "
+            f"got {type(visit_image).__module__}.{type(visit_image).__qualname__}."
+        )
     image = visit_image.image.array
     variance = visit_image.variance.array
     mask, planes = mask_to_integer(visit_image.mask)
     start = visit_image.bbox.start
     projection = visit_image.sky_projection
-    pixel_to_sky, sky_to_pixel = ((None, None) if projection is None
-                                  else _projection_callables(projection))
-    return ExposureInputs(image=image, variance=variance, mask=mask, mask_planes=planes,
-                          xy0=(int(start.x), int(start.y)), psf=_psf_callable(visit_image),
-                          pixel_to_sky=pixel_to_sky, sky_to_pixel=sky_to_pixel,
-                          njy_per_count=_njy_per_unit(visit_image))
+    pixel_to_sky, sky_to_pixel = (
+        (None, None) if projection is None else _projection_callables(projection)
+    )
+    return ExposureInputs(
+        image=image,
+        variance=variance,
+        mask=mask,
+        mask_planes=planes,
+        xy0=(int(start.x), int(start.y)),
+        psf=_psf_callable(visit_image),
+        pixel_to_sky=pixel_to_sky,
+        sky_to_pixel=sky_to_pixel,
+        njy_per_count=_njy_per_unit(visit_image),
+    )

@@ -24,8 +24,10 @@ def afw_catalog(table, columns, config, log):
     if not config.doWriteAfwCatalog:
         return None
     if not afw_available():
-        log.warning("lsst.afw is not available: no SourceCatalog is made "
-                    "(set doWriteAfwCatalog=False to silence this).")
+        log.warning(
+            "lsst.afw is not available: no SourceCatalog is made "
+            "(set doWriteAfwCatalog=False to silence this)."
+        )
         return None
     from .afw import source_catalog_from_table
 

@@ -201,7 +201,9 @@ def register_visit(
         d: detector_region(w, w.pixel_shape if w.pixel_shape is not None else detector_size)
         for d, w in detector_wcs.items()
     }
-    visit_region = ConvexPolygon.convexHull([v for region in regions.values() for v in region.getVertices()])
+    visit_region = ConvexPolygon.convexHull(
+        [v for region in regions.values() for v in region.getVertices()]
+    )
 
     # Rubin convention: day_obs D runs from D 12:00 UTC to D+1 12:00 UTC.
     day_start = Time(date + datetime.timedelta(hours=12), scale="utc")
@@ -230,7 +232,9 @@ def register_visit(
                 update=True,
             )
         registry.syncDimensionData(
-            "day_obs", {"instrument": instrument, "id": int(day_obs), "timespan": day_span}, update=True
+            "day_obs",
+            {"instrument": instrument, "id": int(day_obs), "timespan": day_span},
+            update=True,
         )
         registry.syncDimensionData(
             "visit",

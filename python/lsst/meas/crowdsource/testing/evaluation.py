@@ -36,7 +36,18 @@ from scipy.sparse import linalg as splinalg
 from scipy.spatial import cKDTree
 
 #: Default edges of the true-S/N bins used by `score_catalog`.
-DEFAULT_SNR_BINS: tuple[float, ...] = (0.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 300.0, 1000.0, np.inf)
+DEFAULT_SNR_BINS: tuple[float, ...] = (
+    0.0,
+    3.0,
+    5.0,
+    10.0,
+    20.0,
+    50.0,
+    100.0,
+    300.0,
+    1000.0,
+    np.inf,
+)
 
 _MAD_TO_SIGMA = 1.4826
 
@@ -165,7 +176,12 @@ def match_to_truth(
     det_to_truth = np.full(nd, -1, dtype=np.int64)
     truth_to_det = np.full(nt, -1, dtype=np.int64)
     empty = Match(
-        np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), det_to_truth, truth_to_det, float(radius)
+        np.empty(0, np.int64),
+        np.empty(0, np.int64),
+        np.empty(0),
+        det_to_truth,
+        truth_to_det,
+        float(radius),
     )
     if nd == 0 or nt == 0:
         return empty
@@ -360,11 +376,19 @@ def score_catalog(
     tf = np.asarray(truth["flux"], dtype=float)
     tsnr = np.asarray(truth["snr"], dtype=float)
     counted = (
-        np.asarray(truth["in_image"], dtype=bool) if "in_image" in truth.colnames else np.ones(len(tx), bool)
+        np.asarray(truth["in_image"], dtype=bool)
+        if "in_image" in truth.colnames
+        else np.ones(len(tx), bool)
     )
 
     match = match_to_truth(
-        cx, cy, tx, ty, radius, flux=cf if match_by_flux else None, truth_flux=tf if match_by_flux else None
+        cx,
+        cy,
+        tx,
+        ty,
+        radius,
+        flux=cf if match_by_flux else None,
+        truth_flux=tf if match_by_flux else None,
     )
 
     rows = []
@@ -611,7 +635,9 @@ def crowded_crb_flux_error(
     if not neighbourhood > 0:
         raise ValueError(f"neighbourhood must be > 0, got {neighbourhood}")
 
-    touches = (tx > x0 - 1 - half) & (tx < x0 + nx + half) & (ty > y0 - 1 - half) & (ty < y0 + ny + half)
+    touches = (
+        (tx > x0 - 1 - half) & (tx < x0 + nx + half) & (ty > y0 - 1 - half) & (ty < y0 + ny + half)
+    )
     inside = (tx >= x0 - 0.5) & (tx < x0 + nx - 0.5) & (ty >= y0 - 0.5) & (ty < y0 + ny - 0.5)
     if sample is None:
         report = np.flatnonzero(inside)
@@ -649,7 +675,9 @@ def crowded_crb_flux_error(
             cnt_l.append(ok.reshape(len(xx), -1).sum(axis=1))
         return np.concatenate(rows_l), np.concatenate(vals_l), np.concatenate(cnt_l)
 
-    def build(rows: np.ndarray, vals: np.ndarray, counts: np.ndarray, keep: np.ndarray) -> sparse.csc_matrix:
+    def build(
+        rows: np.ndarray, vals: np.ndarray, counts: np.ndarray, keep: np.ndarray
+    ) -> sparse.csc_matrix:
         seg = np.repeat(keep, counts)
         indptr = np.concatenate([[0], np.cumsum(counts[keep])])
         return sparse.csc_matrix((vals[seg], rows[seg], indptr), shape=(ny * nx, int(keep.sum())))
@@ -669,7 +697,11 @@ def crowded_crb_flux_error(
     move_col = np.full(len(tx), -1, dtype=np.int64)
     a_all = a_flux
     if free_positions:
-        snr = np.asarray(truth["snr"], dtype=float) if "snr" in truth.colnames else np.full(len(tx), np.inf)
+        snr = (
+            np.asarray(truth["snr"], dtype=float)
+            if "snr" in truth.colnames
+            else np.full(len(tx), np.inf)
+        )
         movers = stars[snr[stars] >= free_position_min_snr]
         move_col[movers] = np.arange(len(movers))
         pieces = [a_flux]

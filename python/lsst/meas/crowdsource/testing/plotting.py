@@ -57,8 +57,9 @@ def _save(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> str:
     return os.fspath(path)
 
 
-def _stretch_params(image: np.ndarray, n_sigma_low: float = 2.0,
-                    hi_pct: float = 99.8) -> tuple[float, float, float]:
+def _stretch_params(
+    image: np.ndarray, n_sigma_low: float = 2.0, hi_pct: float = 99.8
+) -> tuple[float, float, float]:
     """Black level, white level and softening of `_stretch` for ``image``.
 
     Black at ``median - n_sigma_low * sigma`` (median and 1.4826 MAD of the
@@ -190,38 +191,76 @@ def plot_detections(
     fig = _figure(13.0, 6.6)
     ax_full = fig.add_axes((0.06, 0.09, 0.40, 0.79))
     ax_zoom = fig.add_axes((0.53, 0.09, 0.40, 0.79))
-    ax_full.imshow(_stretch(image), origin="lower", cmap="gray_r", extent=_extent(full_box),
-                   interpolation="nearest")
-    ax_full.add_patch(Rectangle((box[0] - 0.5, box[1] - 0.5), box[2] - box[0], box[3] - box[1],
-                                fill=False, edgecolor="tab:orange", linewidth=1.5))
+    ax_full.imshow(
+        _stretch(image),
+        origin="lower",
+        cmap="gray_r",
+        extent=_extent(full_box),
+        interpolation="nearest",
+    )
+    ax_full.add_patch(
+        Rectangle(
+            (box[0] - 0.5, box[1] - 0.5),
+            box[2] - box[0],
+            box[3] - box[1],
+            fill=False,
+            edgecolor="tab:orange",
+            linewidth=1.5,
+        )
+    )
     ax_full.set_title(f"full detector: {len(det_x)} sources (zoom box in orange)", fontsize=10)
     ax_full.set_xlabel("x (pixel)")
     ax_full.set_ylabel("y (pixel)")
 
     cut = _cut(image, box, xy0)
-    ax_zoom.imshow(_stretch(cut), origin="lower", cmap="gray_r", extent=_extent(box),
-                   interpolation="nearest")
+    ax_zoom.imshow(
+        _stretch(cut), origin="lower", cmap="gray_r", extent=_extent(box), interpolation="nearest"
+    )
     ins = _inside(det_x, det_y, box)
     matched = np.ones(len(det_x), bool) if det_matched is None else np.asarray(det_matched, bool)
     label = "detection matched to a true star" if det_matched is not None else "detection"
-    ax_zoom.scatter(det_x[ins & matched], det_y[ins & matched], s=70, facecolors="none",
-                    edgecolors="tab:blue", linewidths=1.2, label=label)
+    ax_zoom.scatter(
+        det_x[ins & matched],
+        det_y[ins & matched],
+        s=70,
+        facecolors="none",
+        edgecolors="tab:blue",
+        linewidths=1.2,
+        label=label,
+    )
     if det_matched is not None:
-        ax_zoom.scatter(det_x[ins & ~matched], det_y[ins & ~matched], s=80, marker="s",
-                        facecolors="none", edgecolors="tab:orange", linewidths=1.3,
-                        label="detection without a true star within 1 px")
+        ax_zoom.scatter(
+            det_x[ins & ~matched],
+            det_y[ins & ~matched],
+            s=80,
+            marker="s",
+            facecolors="none",
+            edgecolors="tab:orange",
+            linewidths=1.3,
+            label="detection without a true star within 1 px",
+        )
     if missed_x is not None and missed_y is not None:
         mx, my = np.asarray(missed_x, float), np.asarray(missed_y, float)
         mins = _inside(mx, my, box)
-        ax_zoom.scatter(mx[mins], my[mins], s=50, marker="x", color="tab:red", linewidths=1.3,
-                        label=missed_label)
+        ax_zoom.scatter(
+            mx[mins],
+            my[mins],
+            s=50,
+            marker="x",
+            color="tab:red",
+            linewidths=1.3,
+            label=missed_label,
+        )
     ax_zoom.set_xlim(box[0] - 0.5, box[2] - 0.5)
     ax_zoom.set_ylim(box[1] - 0.5, box[3] - 0.5)
-    ax_zoom.set_title(f"zoom x {box[0]}-{box[2] - 1}, y {box[1]}-{box[3] - 1}: "
-                      f"{int(ins.sum())} sources", fontsize=10)
+    ax_zoom.set_title(
+        f"zoom x {box[0]}-{box[2] - 1}, y {box[1]}-{box[3] - 1}: {int(ins.sum())} sources",
+        fontsize=10,
+    )
     ax_zoom.set_xlabel("x (pixel)")
-    ax_zoom.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=3, fontsize=8,
-                   frameon=False)
+    ax_zoom.legend(
+        loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=3, fontsize=8, frameon=False
+    )
     if title:
         fig.suptitle(title, fontsize=12)
     return _save(fig, path)
@@ -270,8 +309,10 @@ def plot_residual(
     model = np.asarray(model, float)
     variance = np.asarray(variance, float)
     if not (image.shape == model.shape == variance.shape):
-        raise ValueError(f"image {image.shape}, model {model.shape} and variance "
-                         f"{variance.shape} differ in shape")
+        raise ValueError(
+            f"image {image.shape}, model {model.shape} and variance "
+            f"{variance.shape} differ in shape"
+        )
     if box is None:
         box = choose_cutout(image.shape, 128, xy0)
     bad = np.zeros(image.shape, bool) if bad is None else np.asarray(bad, bool)
@@ -287,16 +328,33 @@ def plot_residual(
     left, w, gap = 0.04, 0.195, 0.04
     axes = [fig.add_axes((left + i * (w + gap), 0.12, w, 0.72)) for i in range(3)]
     axes.append(fig.add_axes((left + 3 * (w + gap) + 0.03, 0.12, w - 0.03, 0.72)))
-    axes[0].imshow(_stretch(cut_img, params), origin="lower", cmap="gray_r", extent=_extent(box),
-                   interpolation="nearest")
+    axes[0].imshow(
+        _stretch(cut_img, params),
+        origin="lower",
+        cmap="gray_r",
+        extent=_extent(box),
+        interpolation="nearest",
+    )
     axes[0].set_title("image", fontsize=10)
-    axes[1].imshow(_stretch(cut_mod, params), origin="lower", cmap="gray_r", extent=_extent(box),
-                   interpolation="nearest")
+    axes[1].imshow(
+        _stretch(cut_mod, params),
+        origin="lower",
+        cmap="gray_r",
+        extent=_extent(box),
+        interpolation="nearest",
+    )
     axes[1].set_title("model (all sources + sky), same stretch", fontsize=10)
     div = colormaps["RdBu_r"].copy()
     div.set_bad("0.55")
-    im = axes[2].imshow(cut_res, origin="lower", cmap=div, vmin=-5, vmax=5, extent=_extent(box),
-                        interpolation="nearest")
+    im = axes[2].imshow(
+        cut_res,
+        origin="lower",
+        cmap=div,
+        vmin=-5,
+        vmax=5,
+        extent=_extent(box),
+        interpolation="nearest",
+    )
     axes[2].set_title("(image − model) / σ   [grey: masked, not fit]", fontsize=10)
     cax = fig.add_axes((left + 2 * (w + gap) + w + 0.004, 0.12, 0.008, 0.72))
     fig.colorbar(im, cax=cax)
@@ -309,15 +367,17 @@ def plot_residual(
     rs = float(_MAD_TO_SIGMA * np.median(np.abs(r - med))) if r.size else float("nan")
     out5 = float(np.mean(np.abs(r) > 5)) if r.size else float("nan")
     bins = np.linspace(-6, 6, 97)
-    axes[3].hist(r, bins=bins, density=True, histtype="step", color="k",
-                 label="all unmasked pixels")
+    axes[3].hist(
+        r, bins=bins, density=True, histtype="step", color="k", label="all unmasked pixels"
+    )
     g = np.exp(-0.5 * bins**2) / math.sqrt(2 * math.pi)
     axes[3].plot(bins, g, color="tab:red", lw=1, label="unit Gaussian")
     axes[3].set_yscale("log")
     axes[3].set_ylim(1e-5, 1)
     axes[3].set_xlabel("(image − model) / σ, whole detector")
-    axes[3].set_title(f"median {med:+.2f}, robust σ {rs:.2f}, |r|>5: {100 * out5:.1f}%",
-                      fontsize=10)
+    axes[3].set_title(
+        f"median {med:+.2f}, robust σ {rs:.2f}, |r|>5: {100 * out5:.1f}%", fontsize=10
+    )
     axes[3].legend(fontsize=8, loc="upper right")
     if title:
         fig.suptitle(title, fontsize=12)
@@ -337,8 +397,17 @@ def _binomial_interval(k: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.nda
     return centre - half, centre + half
 
 
-def _finish_snr_plot(fig: Figure, ax, path, ylabel: str, legend_loc: str, legend_size: int,
-                     snr_to_mag, mag_to_snr, title: str | None) -> str:
+def _finish_snr_plot(
+    fig: Figure,
+    ax,
+    path,
+    ylabel: str,
+    legend_loc: str,
+    legend_size: int,
+    snr_to_mag,
+    mag_to_snr,
+    title: str | None,
+) -> str:
     """Labels, grid, legend and magnitude axis shared by the plots against true S/N."""
     ax.set_xlabel("true S/N (isolated-star Cramér–Rao)")
     ax.set_ylabel(ylabel)
@@ -350,8 +419,11 @@ def _finish_snr_plot(fig: Figure, ax, path, ylabel: str, legend_loc: str, legend
     return _save(fig, path)
 
 
-def _mag_axis(ax, snr_to_mag: Callable[[np.ndarray], np.ndarray] | None,
-              mag_to_snr: Callable[[np.ndarray], np.ndarray] | None) -> None:
+def _mag_axis(
+    ax,
+    snr_to_mag: Callable[[np.ndarray], np.ndarray] | None,
+    mag_to_snr: Callable[[np.ndarray], np.ndarray] | None,
+) -> None:
     if snr_to_mag is None or mag_to_snr is None:
         return
     from matplotlib.ticker import FormatStrFormatter, MultipleLocator, NullLocator
@@ -360,8 +432,9 @@ def _mag_axis(ax, snr_to_mag: Callable[[np.ndarray], np.ndarray] | None,
     sec.xaxis.set_major_locator(MultipleLocator(1.0))
     sec.xaxis.set_minor_locator(NullLocator())
     sec.xaxis.set_major_formatter(FormatStrFormatter("%d"))
-    sec.set_xlabel("≈ AB magnitude (isolated star on the mean sky, PSF at the detector centre)",
-                   fontsize=9)
+    sec.set_xlabel(
+        "≈ AB magnitude (isolated star on the mean sky, PSF at the detector centre)", fontsize=9
+    )
 
 
 def plot_completeness(
@@ -414,17 +487,35 @@ def plot_completeness(
 
     fig = _figure(7.5, 5.2)
     ax = fig.add_axes((0.11, 0.12, 0.84, 0.70))
-    yerr = np.clip([frac[ok] - lo[ok], hi[ok] - frac[ok]], 0.0, None)  # Wilson: round-off at 0 and 1
-    ax.errorbar(centre[ok], frac[ok], yerr=yerr, fmt="o-",
-                color="tab:blue", ms=4, capsize=2, label=f"completeness ({int(det.sum())} of "
-                f"{len(det)} true stars)")
+    yerr = np.clip(
+        [frac[ok] - lo[ok], hi[ok] - frac[ok]], 0.0, None
+    )  # Wilson: round-off at 0 and 1
+    ax.errorbar(
+        centre[ok],
+        frac[ok],
+        yerr=yerr,
+        fmt="o-",
+        color="tab:blue",
+        ms=4,
+        capsize=2,
+        label=f"completeness ({int(det.sum())} of {len(det)} true stars)",
+    )
     if threshold is not None:
         ax.axvline(threshold, color="0.5", ls="--", lw=1, label=f"threshold ({threshold:g}σ)")
     ax.set_xscale("log")
     ax.set_ylim(-0.02, 1.05)
     ax.set_xlim(edges[0], edges[-1])
-    return _finish_snr_plot(fig, ax, path, "fraction detected (match within 1 px)",
-                            "lower right", 9, snr_to_mag, mag_to_snr, title)
+    return _finish_snr_plot(
+        fig,
+        ax,
+        path,
+        "fraction detected (match within 1 px)",
+        "lower right",
+        9,
+        snr_to_mag,
+        mag_to_snr,
+        title,
+    )
 
 
 def plot_flux_error(
@@ -475,8 +566,9 @@ def plot_flux_error(
     edges = np.asarray(edges, float)
     centre = np.sqrt(edges[:-1] * edges[1:])
 
-    def per_bin(s: np.ndarray, v: np.ndarray, fn: Callable[[np.ndarray], float],
-                min_n: int = 8) -> np.ndarray:
+    def per_bin(
+        s: np.ndarray, v: np.ndarray, fn: Callable[[np.ndarray], float], min_n: int = 8
+    ) -> np.ndarray:
         out = np.full(len(centre), np.nan)
         idx = np.digitize(s, edges) - 1
         for i in range(len(centre)):
@@ -490,29 +582,54 @@ def plot_flux_error(
 
     fig = _figure(7.5, 5.6)
     ax = fig.add_axes((0.12, 0.11, 0.83, 0.70))
-    ax.scatter(snr, np.abs(frac), s=2, color="0.75", alpha=0.6, rasterized=True,
-               label="|f − t| / t, each matched star")
+    ax.scatter(
+        snr,
+        np.abs(frac),
+        s=2,
+        color="0.75",
+        alpha=0.6,
+        rasterized=True,
+        label="|f − t| / t, each matched star",
+    )
     scat = per_bin(snr, frac, rscatter)
-    ax.plot(centre, scat, "o-", color="tab:blue", ms=5, lw=2,
-            label="measured: robust scatter of (f − t) / t")
+    ax.plot(
+        centre,
+        scat,
+        "o-",
+        color="tab:blue",
+        ms=5,
+        lw=2,
+        label="measured: robust scatter of (f − t) / t",
+    )
     xs = np.geomspace(edges[0], edges[-1], 100)
-    ax.plot(xs, 1.0 / xs, "--", color="k", lw=1.2, label="Cramér–Rao bound, isolated star (1 / S/N)")
+    ax.plot(
+        xs, 1.0 / xs, "--", color="k", lw=1.2, label="Cramér–Rao bound, isolated star (1 / S/N)"
+    )
     if crb_snr is not None and crb_frac is not None:
         crb = per_bin(np.asarray(crb_snr, float), np.asarray(crb_frac, float), np.median, min_n=5)
-        ax.plot(centre, crb, "s:", color="tab:green", ms=4, lw=1.5,
-                label="Cramér–Rao bound, crowded (joint fit of all stars)")
+        ax.plot(
+            centre,
+            crb,
+            "s:",
+            color="tab:green",
+            ms=4,
+            lw=1.5,
+            label="Cramér–Rao bound, crowded (joint fit of all stars)",
+        )
     if reported_frac_err is not None:
         rep = per_bin(snr, np.asarray(reported_frac_err, float), np.median)
-        ax.plot(centre, rep, "^-", color="tab:orange", ms=4, lw=1,
-                label="median reported error / t")
+        ax.plot(
+            centre, rep, "^-", color="tab:orange", ms=4, lw=1, label="median reported error / t"
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(edges[0], edges[-1])
     finite = scat[np.isfinite(scat)]
     ymax = max(1.0, float(np.nanmax(finite)) * 1.5) if finite.size else 1.0
     ax.set_ylim(3e-4, ymax)
-    return _finish_snr_plot(fig, ax, path, "fractional flux error", "lower left", 8,
-                            snr_to_mag, mag_to_snr, title)
+    return _finish_snr_plot(
+        fig, ax, path, "fractional flux error", "lower left", 8, snr_to_mag, mag_to_snr, title
+    )
 
 
 def plot_forced(
@@ -560,15 +677,25 @@ def plot_forced(
         v = np.asarray(values, float)
         v = v[np.isfinite(v)]
         n_out = int(np.sum(np.abs(v) > 6))
-        ax.hist(v, bins=bins, density=True, histtype="stepfilled", alpha=0.55, color=colour,
-                label=f"{len(v)} {label}" + (f" ({n_out} beyond ±6)" if n_out else ""))
+        ax.hist(
+            v,
+            bins=bins,
+            density=True,
+            histtype="stepfilled",
+            alpha=0.55,
+            color=colour,
+            label=f"{len(v)} {label}" + (f" ({n_out} beyond ±6)" if n_out else ""),
+        )
         ax.plot(bins, g, color="k", lw=1.2, label="unit Gaussian")
         ax.axvline(0.0, color="0.4", lw=0.8, ls=":")
         if v.size:
             med = float(np.median(v))
             rs = float(_MAD_TO_SIGMA * np.median(np.abs(v - med)))
-            extra = (f", median f/t {star_ratio:.2f}" if (ax is axes[1] and star_ratio is not None
-                                                         and np.isfinite(star_ratio)) else "")
+            extra = (
+                f", median f/t {star_ratio:.2f}"
+                if (ax is axes[1] and star_ratio is not None and np.isfinite(star_ratio))
+                else ""
+            )
             ax.set_title(f"median {med:+.2f}, robust σ {rs:.2f}{extra}", fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_xlim(bins[0], bins[-1])

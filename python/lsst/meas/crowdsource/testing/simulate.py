@@ -198,7 +198,9 @@ def flux_for_snr(
         raise ValueError(f"snr must be positive, got {snr}")
 
     def resid(logf: float) -> float:
-        return math.log(float(snr_for_flux(math.exp(logf), psf, sky, gain, read_noise)[0])) - math.log(snr)
+        return math.log(
+            float(snr_for_flux(math.exp(logf), psf, sky, gain, read_noise)[0])
+        ) - math.log(snr)
 
     lo, hi = math.log(1e-6), math.log(1e18)
     return math.exp(optimize.brentq(resid, lo, hi, xtol=1e-10))
@@ -271,14 +273,20 @@ class GridPSF:
     ) -> None:
         fine = np.array(fine, dtype=float)
         if fine.ndim != 4 or fine.shape[0] != len(grid_y) or fine.shape[1] != len(grid_x):
-            raise ValueError(f"fine has shape {fine.shape}, expected (Gy, Gx, Nf, Nf) matching the grid")
+            raise ValueError(
+                f"fine has shape {fine.shape}, expected (Gy, Gx, Nf, Nf) matching the grid"
+            )
         if oversampling < 1 or oversampling % 2 == 0:
             raise ValueError(f"oversampling must be a positive odd integer, got {oversampling}")
         if core_radius < 3 or psf_radius < core_radius:
-            raise ValueError(f"need 3 <= core_radius <= psf_radius, got {core_radius}, {psf_radius}")
+            raise ValueError(
+                f"need 3 <= core_radius <= psf_radius, got {core_radius}, {psf_radius}"
+            )
         nf_expected = 2 * (psf_radius + 1) * oversampling + 1
         if fine.shape[2:] != (nf_expected, nf_expected):
-            raise ValueError(f"fine images must be {nf_expected}x{nf_expected}, got {fine.shape[2:]}")
+            raise ValueError(
+                f"fine images must be {nf_expected}x{nf_expected}, got {fine.shape[2:]}"
+            )
         if len(grid_x) < 2 or len(grid_y) < 2:
             raise ValueError("the PSF grid needs at least two positions along each axis")
 
@@ -317,7 +325,9 @@ class GridPSF:
         k = np.arange(-h, h + 1)
         idx = hf + i[None, :] * os_ - k[:, None]  # (nph, Sc)
         sc = 2 * core_radius + 1
-        templates = core_fine[:, idx[:, None, :, None], idx[None, :, None, :]]  # (G, py, px, Sc, Sc)
+        templates = core_fine[
+            :, idx[:, None, :, None], idx[None, :, None, :]
+        ]  # (G, py, px, Sc, Sc)
         self._core = templates.reshape(ng, nph * nph, sc * sc).astype(np.float32)
         self._nph = nph
 
@@ -358,7 +368,9 @@ class GridPSF:
         return self._halo_basis.shape[0]
 
     # ------------------------------------------------------------------
-    def _field_weights(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _field_weights(
+        self, x: np.ndarray, y: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Bilinear field weights: cell index, 4 corner grid indices, 4 weights."""
         gx, gy = self.grid_x, self.grid_y
         cx = np.clip(np.floor((x - gx[0]) / (gx[1] - gx[0])).astype(np.int64), 0, len(gx) - 2)
@@ -434,7 +446,11 @@ class GridPSF:
         return np.einsum("na,nak->nk", wfield, self._halo_coeff[corners])
 
     def stamps(
-        self, x: np.ndarray | float, y: np.ndarray | float, size: int | None = None, subpixel: bool = False
+        self,
+        x: np.ndarray | float,
+        y: np.ndarray | float,
+        size: int | None = None,
+        subpixel: bool = False,
     ) -> np.ndarray:
         """The true PSF (core plus halo) of stars at ``(x, y)``.
 
@@ -480,7 +496,9 @@ class GridPSF:
         _, _, core = self.core_stamps(x, y, subpixel=subpixel)
         rc = self.core_radius
         m = min(s, rc)
-        out[:, s - m : s + m + 1, s - m : s + m + 1] = core[:, rc - m : rc + m + 1, rc - m : rc + m + 1]
+        out[:, s - m : s + m + 1, s - m : s + m + 1] = core[
+            :, rc - m : rc + m + 1, rc - m : rc + m + 1
+        ]
         # Halo: linear interpolation between whole-pixel shifts, offsets e in {-1, 0, 1}.
         coeff = self.halo_coefficients(x, y)  # (n, K)
         k = coeff.shape[1]
@@ -512,8 +530,12 @@ class GridPSF:
         shifted = np.empty((3, 3, k, size, size))
         for iey, ey in enumerate((-1, 0, 1)):
             for iex, ex in enumerate((-1, 0, 1)):
-                shifted[iey, iex] = basis[:, c - s - ey : c + s + 1 - ey, c - s - ex : c + s + 1 - ex]
-        wfull = (wy[:, :, None, None] * wx[:, None, :, None] * coeff[:, None, None, :]).reshape(n, 9 * k)
+                shifted[iey, iex] = basis[
+                    :, c - s - ey : c + s + 1 - ey, c - s - ex : c + s + 1 - ex
+                ]
+        wfull = (wy[:, :, None, None] * wx[:, None, :, None] * coeff[:, None, None, :]).reshape(
+            n, 9 * k
+        )
         out += (wfull @ shifted.reshape(9 * k, size * size)).reshape(n, size, size)
         return out
 
@@ -574,7 +596,10 @@ class GridPSF:
         reach = self.psf_radius if with_halo else rc
         # Stars that cannot touch the image are not drawn.
         keep = (
-            (x > x0 - 1 - reach) & (x < x0 + nx + reach) & (y > y0 - 1 - reach) & (y < y0 + ny + reach)
+            (x > x0 - 1 - reach)
+            & (x < x0 + nx + reach)
+            & (y > y0 - 1 - reach)
+            & (y < y0 + ny + reach)
         )
         pad = 2 * reach + 4
         hc, wc = ny + 2 * pad, nx + 2 * pad
@@ -616,14 +641,22 @@ class GridPSF:
             canvas[lo:hi] += np.bincount(flat.ravel(), weights=vals.ravel(), minlength=hi - lo)
         canvas = canvas.reshape(hc, wc)
         if with_halo and len(order) and self.halo_rank:
-            canvas += self._render_halo(x[order], y[order], flux[order], (hc, wc), x0 - pad, y0 - pad)
+            canvas += self._render_halo(
+                x[order], y[order], flux[order], (hc, wc), x0 - pad, y0 - pad
+            )
         stats = {"peak": peak}
         if sky is not None:
             stats["snr"] = snr
         return canvas[pad : pad + ny, pad : pad + nx].copy(), stats
 
     def _render_halo(
-        self, x: np.ndarray, y: np.ndarray, flux: np.ndarray, shape: tuple[int, int], cx0: int, cy0: int
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        flux: np.ndarray,
+        shape: tuple[int, int],
+        cx0: int,
+        cy0: int,
     ) -> np.ndarray:
         """Halo image on a canvas whose pixel [0, 0] has PARENT coordinates (cx0, cy0)."""
         hc, wc = shape
@@ -636,9 +669,14 @@ class GridPSF:
         ty = yc - iy
         r = self.psf_radius
         lh = 2 * r + 1
-        fshape = (sfft.next_fast_len(hc + lh - 1, real=True), sfft.next_fast_len(wc + lh - 1, real=True))
+        fshape = (
+            sfft.next_fast_len(hc + lh - 1, real=True),
+            sfft.next_fast_len(wc + lh - 1, real=True),
+        )
         acc = None
-        flat = np.concatenate([iy * wc + ix, iy * wc + ix + 1, (iy + 1) * wc + ix, (iy + 1) * wc + ix + 1])
+        flat = np.concatenate(
+            [iy * wc + ix, iy * wc + ix + 1, (iy + 1) * wc + ix, (iy + 1) * wc + ix + 1]
+        )
         wcic = np.concatenate([(1 - tx) * (1 - ty), tx * (1 - ty), (1 - tx) * ty, tx * ty])
         buf = np.zeros(fshape)  # zero-padded FFT input, reused
         for k in range(coeff.shape[1]):
@@ -783,7 +821,9 @@ def _galsim_fine(
     return out, offsets
 
 
-def _analytic_fine(plans: list[_PSFPlan], kind: str, oversampling: int, psf_radius: int) -> np.ndarray:
+def _analytic_fine(
+    plans: list[_PSFPlan], kind: str, oversampling: int, psf_radius: int
+) -> np.ndarray:
     """Oversampled pixel-convolved elliptical Moffat (beta = 3) or Gaussian PSFs."""
     sup = 3  # sub-samples per fine sample for the pixel integral
     nf = 2 * (psf_radius + 1) * oversampling + 1
@@ -938,7 +978,12 @@ class SimulatedField:
         return self.image.shape  # type: ignore[return-value]
 
     def psf_at(
-        self, x: float | np.ndarray, y: float | np.ndarray, *, size: int | None = None, subpixel: bool = False
+        self,
+        x: float | np.ndarray,
+        y: float | np.ndarray,
+        *,
+        size: int | None = None,
+        subpixel: bool = False,
     ) -> np.ndarray:
         """True PSF at PARENT position(s) ``(x, y)``.
 
@@ -977,7 +1022,9 @@ def _as_stars(stars: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sy = np.atleast_1d(np.asarray(stars["y"], dtype=float))
         sf = np.atleast_1d(np.asarray(stars["flux"], dtype=float))
     except (KeyError, TypeError, ValueError, IndexError) as err:
-        raise ValueError("stars must be a table or mapping with 'x', 'y' and 'flux' columns") from err
+        raise ValueError(
+            "stars must be a table or mapping with 'x', 'y' and 'flux' columns"
+        ) from err
     if not (sx.shape == sy.shape == sf.shape) or sx.ndim != 1:
         raise ValueError("stars: 'x', 'y' and 'flux' must be 1-D and of equal length")
     if not (np.all(np.isfinite(sx)) and np.all(np.isfinite(sy)) and np.all(np.isfinite(sf))):
@@ -1140,7 +1187,9 @@ def simulate_field(
         try:
             importlib.import_module("galsim")
         except ImportError:
-            warnings.warn("galsim is not installed: simulate_field falls back to psf='moffat'", UserWarning)
+            warnings.warn(
+                "galsim is not installed: simulate_field falls back to psf='moffat'", UserWarning
+            )
             psf = "moffat"
 
     x0, y0 = int(xy0[0]), int(xy0[1])
@@ -1274,9 +1323,13 @@ def simulate_field(
     truth["flux"] = sf
     truth["snr"] = stats["snr"]
     truth["saturated"] = (
-        (stats["peak"] + star_sky >= saturation) if saturation is not None else np.zeros(len(sx), dtype=bool)
+        (stats["peak"] + star_sky >= saturation)
+        if saturation is not None
+        else np.zeros(len(sx), dtype=bool)
     )
-    truth["in_image"] = (sx >= x0 - 0.5) & (sx < x0 + nx - 0.5) & (sy >= y0 - 0.5) & (sy < y0 + ny - 0.5)
+    truth["in_image"] = (
+        (sx >= x0 - 0.5) & (sx < x0 + nx - 0.5) & (sy >= y0 - 0.5) & (sy < y0 + ny - 0.5)
+    )
     truth["peak"] = stats["peak"]
     truth["sky"] = star_sky
     for name, unit, desc in (
