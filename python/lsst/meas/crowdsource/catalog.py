@@ -17,8 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .engine.columns import ENGINE_COLUMNS
+
 __all__ = [
     "Column",
+    "DEFAULT_IMAGE_UNIT",
     "PIXEL_FLAG_PLANES",
     "source_columns",
     "forced_source_columns",
@@ -69,32 +72,42 @@ PIXEL_FLAG_PLANES: dict[str, tuple[str, bool]] = {
 
 SLOT_ALIASES = {"slot_Centroid": "crowdsource_centroid", "slot_PsfFlux": "crowdsource_psfFlux"}
 
-_DIAGNOSTICS = [
-    ("crowdsource_qf", "f4", "", "qf"),
-    ("crowdsource_rchi2", "f4", "", "rchi2"),
-    ("crowdsource_fracflux", "f4", "", "fracflux"),
-    ("crowdsource_fluxlbs", "f8", "count", "flux_lbs"),
-    ("crowdsource_fluxlbsErr", "f8", "count", "flux_lbs_err"),
-    ("crowdsource_fluxiso", "f8", "count", "flux_iso"),
-    ("crowdsource_xiso", "f8", "pixel", "x_iso"),
-    ("crowdsource_yiso", "f8", "pixel", "y_iso"),
-    ("crowdsource_fwhm", "f4", "pixel", "fwhm"),
-    ("crowdsource_spreadModel", "f4", "", "spread_model"),
-    ("crowdsource_spreadModelErr", "f4", "", "spread_model_err"),
-    ("crowdsource_passFound", "i2", "", "pass_found"),
-    ("crowdsource_flag_edge", "?", "", "flag_edge"),
-    ("crowdsource_flag_noGoodPixels", "?", "", "flag_no_good_pixels"),
-    ("crowdsource_flag_fitFailed", "?", "", "flag_fit_failed"),
-]
+DEFAULT_IMAGE_UNIT = "count"
+"""Unit of the image pixels when the exposure does not say (an afw calexp)."""
+
+#: Output name -> engine column, for the ``crowdsource_*`` diagnostics (plain copies).
+_DIAGNOSTICS = {
+    "crowdsource_qf": "qf",
+    "crowdsource_rchi2": "rchi2",
+    "crowdsource_fracflux": "fracflux",
+    "crowdsource_fluxlbs": "flux_lbs",
+    "crowdsource_fluxlbsErr": "flux_lbs_err",
+    "crowdsource_fluxiso": "flux_iso",
+    "crowdsource_xiso": "x_iso",
+    "crowdsource_yiso": "y_iso",
+    "crowdsource_fwhm": "fwhm",
+    "crowdsource_spreadModel": "spread_model",
+    "crowdsource_spreadModelErr": "spread_model_err",
+    "crowdsource_passFound": "pass_found",
+    "crowdsource_flag_edge": "flag_edge",
+    "crowdsource_flag_noGoodPixels": "flag_no_good_pixels",
+    "crowdsource_flag_fitFailed": "flag_fit_failed",
+}
 
 
-def _engine_doc(engine_name: str) -> str:
-    from .engine.columns import ENGINE_COLUMNS
+def _unit(engine_unit: str, image_unit: str) -> str:
+    """Output unit of an engine unit: ``pix`` -> ``pixel``, ``image`` -> the image's unit."""
+    return {"pix": "pixel", "image": image_unit}.get(engine_unit, engine_unit)
 
-    return ENGINE_COLUMNS[engine_name][2]
+
+def _copy(name: str, engine: str, image_unit: str, afw_name: str | None = None) -> Column:
+    """A column copied from the engine: dtype, unit and doc come from `ENGINE_COLUMNS`."""
+    dtype, unit, doc = ENGINE_COLUMNS[engine]
+    return Column(name, dtype, _unit(unit, image_unit), doc, afw_name, engine)
 
 
-def _common_columns(with_position_errors: bool) -> list[Column]:
+def _common_columns(image_unit: str) -> list[Column]:
+    u = image_unit
     cols = [
         Column(
             "coord_ra",
@@ -110,35 +123,12 @@ def _common_columns(with_position_errors: bool) -> list[Column]:
             "ICRS declination of the fitted position (NaN without a WCS).",
             "coord_dec",
         ),
-        Column("x", "f8", "pixel", _engine_doc("x"), "crowdsource_centroid_x", "x"),
-        Column("y", "f8", "pixel", _engine_doc("y"), "crowdsource_centroid_y", "y"),
-    ]
-    if with_position_errors:
-        cols += [
-            Column(
-                "xErr", "f4", "pixel", _engine_doc("x_err"), "crowdsource_centroid_xErr", "x_err"
-            ),
-            Column(
-                "yErr", "f4", "pixel", _engine_doc("y_err"), "crowdsource_centroid_yErr", "y_err"
-            ),
-        ]
-    cols += [
-        Column(
-            "psfInstFlux",
-            "f8",
-            "count",
-            _engine_doc("flux"),
-            "crowdsource_psfFlux_instFlux",
-            "flux",
-        ),
-        Column(
-            "psfInstFluxErr",
-            "f8",
-            "count",
-            _engine_doc("flux_err"),
-            "crowdsource_psfFlux_instFluxErr",
-            "flux_err",
-        ),
+        _copy("x", "x", u, "crowdsource_centroid_x"),
+        _copy("y", "y", u, "crowdsource_centroid_y"),
+        _copy("xErr", "x_err", u, "crowdsource_centroid_xErr"),
+        _copy("yErr", "y_err", u, "crowdsource_centroid_yErr"),
+        _copy("psfInstFlux", "flux", u, "crowdsource_psfFlux_instFlux"),
+        _copy("psfInstFluxErr", "flux_err", u, "crowdsource_psfFlux_instFluxErr"),
         Column(
             "psfFlux", "f8", "nJy", "Calibrated PSF flux (NaN without a photometric calibration)."
         ),
@@ -151,7 +141,7 @@ def _common_columns(with_position_errors: bool) -> list[Column]:
             "pixels, or centre off the image or saturated.",
             "crowdsource_psfFlux_flag",
         ),
-        Column("sky", "f8", "count", _engine_doc("sky"), "crowdsource_sky", "sky"),
+        _copy("sky", "sky", u, "crowdsource_sky"),
     ]
     for plane, (suffix, center) in PIXEL_FLAG_PLANES.items():
         cols.append(
@@ -182,13 +172,19 @@ def _common_columns(with_position_errors: bool) -> list[Column]:
             "base_PixelFlags_flag_offimage",
         )
     )
-    for name, dtype, unit, engine in _DIAGNOSTICS:
-        cols.append(Column(name, dtype, unit, _engine_doc(engine), name, engine))
+    cols += [_copy(name, engine, u, name) for name, engine in _DIAGNOSTICS.items()]
     return cols
 
 
-def source_columns() -> list[Column]:
-    """Columns of ``crowdsource_source`` (DP1 ``Source`` names)."""
+def source_columns(image_unit: str = DEFAULT_IMAGE_UNIT) -> list[Column]:
+    """Columns of ``crowdsource_source`` (DP1 ``Source`` names).
+
+    Parameters
+    ----------
+    image_unit : `str`
+        Unit of the image pixels (``nJy`` for a DP1 ``visit_image``): the
+        unit of the instrumental fluxes and of the sky.
+    """
     return (
         [
             Column(
@@ -201,7 +197,7 @@ def source_columns() -> list[Column]:
             Column("visit", "i8", "", "Visit ID (-1 when unknown)."),
             Column("detector", "i4", "", "Detector ID (-1 when unknown)."),
         ]
-        + _common_columns(True)
+        + _common_columns(image_unit)
         + [
             Column(
                 "centroid_flag",
@@ -214,8 +210,14 @@ def source_columns() -> list[Column]:
     )
 
 
-def forced_source_columns() -> list[Column]:
-    """Columns of ``crowdsource_forced_source`` (DP1 ``ForcedSource`` names)."""
+def forced_source_columns(image_unit: str = DEFAULT_IMAGE_UNIT) -> list[Column]:
+    """Columns of ``crowdsource_forced_source`` (DP1 ``ForcedSource`` names).
+
+    Parameters
+    ----------
+    image_unit : `str`
+        Unit of the image pixels, as for `source_columns`.
+    """
     return [
         Column(
             "objectId",
@@ -227,7 +229,7 @@ def forced_source_columns() -> list[Column]:
         Column("forcedSourceId", "i8", "", "Unique ID of this measurement.", "id"),
         Column("visit", "i8", "", "Visit ID (-1 when unknown)."),
         Column("detector", "i4", "", "Detector ID (-1 when unknown)."),
-    ] + _common_columns(True)
+    ] + _common_columns(image_unit)
 
 
 def empty_table(columns: list[Column]):
