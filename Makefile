@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 DEMO_ARGS ?=
 DEMO_OUTPUT ?= demo_output
 
-.PHONY: test demo venv clean
+.PHONY: test lint format demo venv clean
 
 venv: $(VENV)/.installed
 
@@ -22,6 +22,16 @@ $(VENV)/.installed: pyproject.toml
 
 test: venv
 	$(PY) -m pytest -q
+
+# The formatter and linter configured in pyproject.toml (ruff; CI runs this too).
+lint: venv
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+# Format the tree in place (what `lint` checks).
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 # Simulated crowded visit -> local butler repo -> `pipetask run` (photometry,
 # then forced photometry) -> summary and PNG figures in $(DEMO_OUTPUT)/.
