@@ -27,7 +27,7 @@ from .config import CrowdsourceBaseConfig, check_before_fit, engine_arguments
 from .engine import InputError, fit_image
 from .ids import make_ids
 from .io.exposure import exposure_inputs
-from .io.outputs import afw_catalog, image_output
+from .io.outputs import task_outputs
 from .photometry import history_metadata
 
 __all__ = [
@@ -433,9 +433,10 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
         if not np.array_equal(cols["forced_index"][: unique.size], np.arange(unique.size)):
             raise RuntimeError("The engine did not return one row per forced position.")
         forced = {name: arr[: unique.size][row_of] for name, arr in cols.items()}
+        columns = forced_source_columns()
         table = build_table(
             dataclasses.replace(result, columns=forced),
-            forced_source_columns(),
+            columns,
             pixel_to_sky=inputs.pixel_to_sky,
             njy_per_count=inputs.njy_per_count,
             ids=make_ids(n, visit, detector, self.config),
@@ -464,10 +465,12 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
             int(np.sum(table["pixelFlags_offimage"])),
             len(result) - unique.size,
         )
-        source_cat = afw_catalog(table, forced_source_columns(), self.config, self.log)
+        out = task_outputs(
+            table, columns, {"model": result.model}, inputs.xy0, self.config, self.log
+        )
         return pipeBase.Struct(
             forcedSourceTable=table,
-            forcedSourceCat=source_cat,
-            model=image_output(result.model, inputs.xy0, self.config.imageStorageClass),
+            forcedSourceCat=out["afwCatalog"],
+            model=out["model"],
             fit=result,
         )

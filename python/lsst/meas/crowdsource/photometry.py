@@ -21,7 +21,7 @@ from .engine import FitResult, fit_image
 from .engine.psf_io import psf_to_dict
 from .ids import make_ids
 from .io.exposure import exposure_inputs
-from .io.outputs import afw_catalog, image_output
+from .io.outputs import task_outputs
 
 __all__ = [
     "CrowdsourcePhotometryConnections",
@@ -176,9 +176,10 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
             "" if visit is None else f" (visit {visit}, detector {detector})",
         )
         result = fit_image(image, log=self.log, **engine_arguments(inputs, self.config))
+        columns = source_columns()
         table = build_table(
             result,
-            source_columns(),
+            columns,
             pixel_to_sky=inputs.pixel_to_sky,
             njy_per_count=inputs.njy_per_count,
             ids=make_ids(len(result), visit, detector, self.config),
@@ -189,12 +190,19 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
         history_metadata(self.metadata, result)
         n_good = int(np.sum(~table["psfFlux_flag"]))
         self.log.info("Measured %d sources (%d with a usable PSF flux).", len(table), n_good)
-        source_cat = afw_catalog(table, source_columns(), self.config, self.log)
+        out = task_outputs(
+            table,
+            columns,
+            {"model": result.model, "background": result.sky},
+            inputs.xy0,
+            self.config,
+            self.log,
+        )
         return pipeBase.Struct(
             sourceTable=table,
-            sourceCat=source_cat,
-            model=image_output(result.model, inputs.xy0, self.config.imageStorageClass),
-            background=image_output(result.sky, inputs.xy0, self.config.imageStorageClass),
+            sourceCat=out["afwCatalog"],
+            model=out["model"],
+            background=out["background"],
             psf=psf_to_dict(result.psf, result.xy0),
             fit=result,
         )

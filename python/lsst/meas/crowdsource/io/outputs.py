@@ -1,13 +1,14 @@
 """Task outputs in the configured storage classes: the afw catalogue and the images.
 
-Imports ``lsst.afw`` (through `.afw`) only when an afw output is asked for.
+`task_outputs` is the one way out of the package for both tasks; it imports
+``lsst.afw`` (through `.afw`) only when an afw output is asked for.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["afw_available", "afw_catalog", "image_output"]
+__all__ = ["afw_available", "afw_catalog", "image_output", "task_outputs"]
 
 
 def afw_available() -> bool:
@@ -41,3 +42,34 @@ def image_output(array: np.ndarray, xy0: tuple[int, int], storage_class: str):
     from .afw import numpy_to_afw_image
 
     return numpy_to_afw_image(array, xy0)
+
+
+def task_outputs(table, columns, images: dict[str, np.ndarray], xy0: tuple[int, int], config, log):
+    """Everything a task writes, in the configured storage classes.
+
+    Parameters
+    ----------
+    table : `astropy.table.Table`
+        The catalogue (`lsst.meas.crowdsource.catalog.build_table`).
+    columns : `list` [`lsst.meas.crowdsource.catalog.Column`]
+        Its column definitions (for the afw schema).
+    images : `dict` [`str`, `numpy.ndarray`]
+        Image outputs by name (e.g. ``model``, ``background``), in the
+        pixel grid of the exposure.
+    xy0 : `tuple` [`int`, `int`]
+        PARENT coordinates of the images' first pixel.
+    config : `lsst.meas.crowdsource.config.CrowdsourceBaseConfig`
+        Gives ``doWriteAfwCatalog`` and ``imageStorageClass``.
+    log : `logging.Logger`
+        Where a missing afw is reported.
+
+    Returns
+    -------
+    outputs : `dict`
+        ``afwCatalog`` (`lsst.afw.table.SourceCatalog` or `None`) and one
+        entry per image.
+    """
+    out = {"afwCatalog": afw_catalog(table, columns, config, log)}
+    for name, array in images.items():
+        out[name] = image_output(array, xy0, config.imageStorageClass)
+    return out
