@@ -38,10 +38,17 @@ import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+
+try:
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+except ImportError as err:  # the [plot] extra
+    raise ImportError(
+        "lsst.meas.crowdsource.testing.plotting needs matplotlib: "
+        "pip install 'lsst-meas-crowdsource[plot]' (or matplotlib)."
+    ) from err
 
 _MAD_TO_SIGMA = 1.4826
 
