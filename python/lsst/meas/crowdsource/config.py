@@ -9,13 +9,11 @@ arguments.
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-
 import lsst.pex.config as pexConfig
 
 from .catalog import PIXEL_FLAG_PLANES
-from .engine import FitParams, InputError
+from .engine import FitParams
+from .engine.params import FitParamsError
 from .ids import make_ids
 from .io.inputs import ExposureInputs
 from .io.outputs import afw_available
@@ -35,50 +33,345 @@ def camel_case(name: str) -> str:
     return head + "".join(w[:1].upper() + w[1:] for w in rest)
 
 
-def _make_fields() -> dict[str, pexConfig.Field]:
-    hints = typing.get_type_hints(FitParams)
-    out = {}
-    for f in dataclasses.fields(FitParams):
-        doc = f.metadata["doc"]
-        hint = hints[f.name]
-        if typing.get_origin(hint) is tuple:
-            out[camel_case(f.name)] = pexConfig.ListField(
-                dtype=int, default=list(f.default), doc=doc
-            )
-        else:
-            out[camel_case(f.name)] = pexConfig.Field(dtype=hint, default=f.default, doc=doc)
-    return out
+class CrowdsourceFitConfig(pexConfig.Config):
+    """Parameters of crowdsource's iterative simultaneous fit.
 
+    One field per `~lsst.meas.crowdsource.engine.FitParams` parameter, in
+    camelCase (``n_iter`` -> ``nIter``), with the same default and
+    description; `toParams` hands them to the engine.  Why the defaults are
+    what they are is in ``benchmarks/README.md``.
+    """
 
-def _to_params(self) -> FitParams:
-    """The engine parameters these config values stand for."""
-    kw = {}
-    for f in dataclasses.fields(FitParams):
-        value = getattr(self, camel_case(f.name))
-        kw[f.name] = tuple(value) if isinstance(f.default, tuple) else value
-    return FitParams(**kw)
+    # Main loop and sky
+    nIter = pexConfig.Field[int](
+        dtype=int,
+        default=4,
+        doc="Number of find/fit/centroid/PSF passes before the final forced pass.",
+    )
+    nCoarseSky = pexConfig.Field[int](
+        dtype=int,
+        default=1,
+        doc=(
+            "Number of first passes that subtract a single median sky, before the boxed sky "
+            "is used."
+        ),
+    )
+    skyBox = pexConfig.Field[int](
+        dtype=int,
+        default=20,
+        doc="Size (pixels) of the boxes in which the sky median is taken.",
+    )
+    skySmooth = pexConfig.Field[int](
+        dtype=int,
+        default=3,
+        doc="Median filter width (in boxes) applied to the grid of box medians.",
+    )
+    skyMaskNsigma = pexConfig.Field[float](
+        dtype=float,
+        default=0.0,
+        doc=(
+            "Pixels where the model of the sources exceeds this many sigma are left out of "
+            "the boxed sky (0: use every pixel)."
+        ),
+    )
+    fitSkyTerms = pexConfig.Field[bool](
+        dtype=bool,
+        default=False,
+        doc="Also fit a constant and linear sky gradient simultaneously with the stars.",
+    )
 
+    # Peaks
+    threshold = pexConfig.Field[float](
+        dtype=float,
+        default=5.0,
+        doc="PSF-convolved significance needed to add a source (sigma).",
+    )
+    brightFactor = pexConfig.Field[float](
+        dtype=float,
+        default=0.3,
+        doc="A pixel whose S/N exceeds the detection threshold divided by this is a bright peak.",
+    )
+    localBackgroundFactor = pexConfig.Field[float](
+        dtype=float,
+        default=0.5,
+        doc=(
+            "A peak must also reach this times the detection threshold in the significance "
+            "image computed with a local-background (compensated) filter."
+        ),
+    )
+    modelSignificanceFactor = pexConfig.Field[float](
+        dtype=float,
+        default=0.2,
+        doc="Residual significance must exceed this times the model's significance.",
+    )
+    modelFluxFactor = pexConfig.Field[float](
+        dtype=float,
+        default=0.1,
+        doc="The residual's PSF-matched flux at a peak must exceed this times the model's.",
+    )
+    modelPixelFactor = pexConfig.Field[float](
+        dtype=float,
+        default=0.0,
+        doc=(
+            "Residual pixel S/N must exceed this times the model's PSF-convolved S/N there "
+            "(0: no such cut)."
+        ),
+    )
+    minSeparation = pexConfig.Field[float](
+        dtype=float,
+        default=1.5,
+        doc="No new source within this many pixels of an existing one.",
+    )
+    saturatedExclusion = pexConfig.Field[float](
+        dtype=float,
+        default=1.0,
+        doc=(
+            "No new source within this many PSF FWHMs of the core of a saturated star: a disc "
+            "of radius half the narrower extent of its saturated region (so not along a bleed "
+            "trail), plus this margin."
+        ),
+    )
+    firstPassSeparation = pexConfig.Field[float](
+        dtype=float,
+        default=0.0,
+        doc=(
+            "Minimum separation of peaks in the first pass (0 means the PSF FWHM): early "
+            "passes do not split blends."
+        ),
+    )
 
-def _validate(self):
-    pexConfig.Config.validate(self)
-    try:
-        self.toParams().validate()
-    except InputError as err:
-        raise pexConfig.FieldValidationError(CrowdsourceFitConfig.nIter, self, str(err)) from None
+    # Fit
+    stampSizes = pexConfig.ListField[int](
+        dtype=int,
+        default=[0, 0, 59],
+        doc=(
+            "Stamp sizes (odd) from faint to bright; 0 means derived from the FWHM (small: "
+            "~2x FWHM radius, core: ~3x FWHM radius)."
+        ),
+    )
+    stampNoiseFraction = pexConfig.Field[float](
+        dtype=float,
+        default=0.3,
+        doc=(
+            "A source gets the smallest stamp whose edge PSF value times its flux is below "
+            "this fraction of the pixel noise."
+        ),
+    )
+    solver = pexConfig.Field[str](
+        dtype=str,
+        default="direct",
+        doc=(
+            'Solver of the normal equations: "direct" (sparse LU; conjugate gradients if '
+            'singular) or "cg" (block-preconditioned conjugate gradients).'
+        ),
+    )
+    cgRtol = pexConfig.Field[float](
+        dtype=float,
+        default=1e-06,
+        doc="Relative tolerance of the conjugate-gradient solve.",
+    )
+    cgMaxiter = pexConfig.Field[int](
+        dtype=int,
+        default=500,
+        doc="Maximum conjugate-gradient iterations per solve.",
+    )
+    derivativeRidge = pexConfig.Field[float](
+        dtype=float,
+        default=0.0001,
+        doc="Ridge (fraction of the diagonal) on position-derivative columns.",
+    )
+    cullSnr = pexConfig.Field[float](
+        dtype=float,
+        default=2.5,
+        doc="Drop sources whose fitted flux S/N falls below this between passes.",
+    )
+    mergeRadius = pexConfig.Field[float](
+        dtype=float,
+        default=0.5,
+        doc="Sources that converge closer than this (pixels) are merged.",
+    )
+    forcedMinQf = pexConfig.Field[float](
+        dtype=float,
+        default=0.05,
+        doc=(
+            "Forced positions whose PSF core has less than this PSF-weighted fraction of "
+            "usable pixels are not fit (NaN flux, flag_no_good_pixels)."
+        ),
+    )
 
+    # Centroids
+    maxShift = pexConfig.Field[float](
+        dtype=float,
+        default=1.0,
+        doc="Largest position step per pass (pixels).",
+    )
+    centroidMinSnr = pexConfig.Field[float](
+        dtype=float,
+        default=3.0,
+        doc="Sources fainter than this keep their position (no centroid step).",
+    )
 
-CrowdsourceFitConfig = type(
-    "CrowdsourceFitConfig",
-    (pexConfig.Config,),
-    dict(
-        _make_fields(),
-        toParams=_to_params,
-        validate=_validate,
-        __module__=__name__,
-        __doc__="Parameters of crowdsource's iterative simultaneous fit "
-        "(see `lsst.meas.crowdsource.engine.FitParams`).",
-    ),
-)
+    # PSF
+    refitPsf = pexConfig.Field[bool](
+        dtype=bool,
+        default=True,
+        doc="Re-estimate the PSF from the image in every pass, the first included.",
+    )
+    psfOrder = pexConfig.Field[int](
+        dtype=int,
+        default=2,
+        doc="Polynomial order of the PSF's variation across the image.",
+    )
+    psfCoreSize = pexConfig.Field[int](
+        dtype=int,
+        default=0,
+        doc="Size of the PSF core estimated from stars (0: about 5 FWHM, at least 19).",
+    )
+    psfMinSnr = pexConfig.Field[float](
+        dtype=float,
+        default=30.0,
+        doc="Minimum S/N of stars used to estimate the PSF.",
+    )
+    psfSnrFloor = pexConfig.Field[float](
+        dtype=float,
+        default=0.005,
+        doc=(
+            "With a spatially varying PSF (PSF order > 0) each PSF star is weighted by 1 / (1 "
+            "/ (S/N)^2 + floor^2), floor being this value, so that stars much brighter than "
+            "S/N 1 / floor do not dominate (0: by (S/N)^2 alone). Order 0 takes the "
+            "unweighted median stamp."
+        ),
+    )
+    psfWingMinSnr = pexConfig.Field[float](
+        dtype=float,
+        default=100.0,
+        doc=(
+            "Stars brighter than this S/N (among the PSF stars) measure the PSF wings beyond "
+            "the core; with fewer than 10 such stars a Moffat fit to the core extends it."
+        ),
+    )
+    psfMaxStars = pexConfig.Field[int](
+        dtype=int,
+        default=2000,
+        doc="Use at most this many (the brightest) PSF stars.",
+    )
+    psfMinStars = pexConfig.Field[int](
+        dtype=int,
+        default=5,
+        doc="Keep the previous PSF when fewer good stars are available.",
+    )
+    psfMaxShift = pexConfig.Field[float](
+        dtype=float,
+        default=0.5,
+        doc="Stars whose centroid moved more than this (pixels) in the last pass are not used.",
+    )
+    psfMinFracflux = pexConfig.Field[float](
+        dtype=float,
+        default=0.5,
+        doc="PSF stars must contribute at least this fraction of the light in their stamp.",
+    )
+    psfMaxMedianLoss = pexConfig.Field[float](
+        dtype=float,
+        default=0.8,
+        doc=(
+            "Reject PSF stars whose flux drops by more than this when a local median is "
+            "subtracted (a diffuse, not a point, source)."
+        ),
+    )
+    initialFwhm = pexConfig.Field[float](
+        dtype=float,
+        default=0.0,
+        doc="FWHM (pixels) of the Moffat used when no PSF is given; 0 estimates it.",
+    )
+
+    # Tiling
+    tileSize = pexConfig.Field[int](
+        dtype=int,
+        default=1024,
+        doc="Core size of the tiles that are fit independently (pixels).",
+    )
+    tileOverlap = pexConfig.Field[int](
+        dtype=int,
+        default=48,
+        doc=(
+            "Margin fit around each tile core, so that sources near the seams see all their "
+            "neighbours (pixels)."
+        ),
+    )
+    nProcesses = pexConfig.Field[int](
+        dtype=int,
+        default=1,
+        doc="Tiles fit in parallel processes (1 = serial).",
+    )
+
+    def toParams(self) -> FitParams:
+        """Return the engine parameters these values stand for.
+
+        Returns
+        -------
+        params : `~lsst.meas.crowdsource.engine.FitParams`
+            The engine's parameters, one keyword per field of this config.
+        """
+        return FitParams(
+            n_iter=self.nIter,
+            n_coarse_sky=self.nCoarseSky,
+            sky_box=self.skyBox,
+            sky_smooth=self.skySmooth,
+            sky_mask_nsigma=self.skyMaskNsigma,
+            fit_sky_terms=self.fitSkyTerms,
+            threshold=self.threshold,
+            bright_factor=self.brightFactor,
+            local_background_factor=self.localBackgroundFactor,
+            model_significance_factor=self.modelSignificanceFactor,
+            model_flux_factor=self.modelFluxFactor,
+            model_pixel_factor=self.modelPixelFactor,
+            min_separation=self.minSeparation,
+            saturated_exclusion=self.saturatedExclusion,
+            first_pass_separation=self.firstPassSeparation,
+            stamp_sizes=tuple(self.stampSizes),
+            stamp_noise_fraction=self.stampNoiseFraction,
+            solver=self.solver,
+            cg_rtol=self.cgRtol,
+            cg_maxiter=self.cgMaxiter,
+            derivative_ridge=self.derivativeRidge,
+            cull_snr=self.cullSnr,
+            merge_radius=self.mergeRadius,
+            forced_min_qf=self.forcedMinQf,
+            max_shift=self.maxShift,
+            centroid_min_snr=self.centroidMinSnr,
+            refit_psf=self.refitPsf,
+            psf_order=self.psfOrder,
+            psf_core_size=self.psfCoreSize,
+            psf_min_snr=self.psfMinSnr,
+            psf_snr_floor=self.psfSnrFloor,
+            psf_wing_min_snr=self.psfWingMinSnr,
+            psf_max_stars=self.psfMaxStars,
+            psf_min_stars=self.psfMinStars,
+            psf_max_shift=self.psfMaxShift,
+            psf_min_fracflux=self.psfMinFracflux,
+            psf_max_median_loss=self.psfMaxMedianLoss,
+            initial_fwhm=self.initialFwhm,
+            tile_size=self.tileSize,
+            tile_overlap=self.tileOverlap,
+            n_processes=self.nProcesses,
+        )
+
+    def validate(self):
+        """Validate the fields, then the engine's rules for them.
+
+        Raises
+        ------
+        lsst.pex.config.FieldValidationError
+            Naming the first field that breaks a rule of
+            `~lsst.meas.crowdsource.engine.FitParams.validate` (the message
+            lists every problem).
+        """
+        super().validate()
+        try:
+            self.toParams().validate()
+        except FitParamsError as err:
+            field = getattr(type(self), camel_case(err.fields[0]))
+            raise pexConfig.FieldValidationError(field, self, str(err)) from None
 
 
 class CrowdsourceBaseConfig(pexConfig.Config):

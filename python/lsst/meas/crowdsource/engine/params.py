@@ -4,16 +4,52 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-__all__ = ["FitParams"]
+from .errors import InputError
+
+__all__ = ["FitParams", "FitParamsError"]
+
+
+class FitParamsError(InputError):
+    """`FitParams` values that cannot work.
+
+    Parameters
+    ----------
+    problems : `dict` [`str`, `str`]
+        What is wrong, by the name of the offending `FitParams` field, in the
+        order the fields are checked.
+
+    Attributes
+    ----------
+    problems : `dict` [`str`, `str`]
+        As given; `fields` lists its keys.
+    """
+
+    def __init__(self, problems: dict[str, str]):
+        self.problems = dict(problems)
+        super().__init__("Invalid fit parameters: " + "; ".join(self.problems.values()) + ".")
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Names of the offending fields (`tuple` [`str`])."""
+        return tuple(self.problems)
+
+    def __reduce__(self):
+        # Rebuild from ``problems``, not from the message (worker processes).
+        return type(self), (self.problems,)
 
 
 @dataclass
 class FitParams:
     """Every knob of the fit, with defaults that suit well-sampled images.
 
-    Each field's description lives in its metadata (`docs`); the task layer
-    turns every field into a documented pex_config field from there, so a
-    new parameter needs to be added in this one place only.
+    Each field's description lives in its metadata (`docs`): a sentence or
+    two on what the knob does.  Why a default has its value, with the
+    measurements behind it, is in ``benchmarks/README.md`` ("Why the defaults
+    are what they are").  The task layer's
+    `~lsst.meas.crowdsource.config.CrowdsourceFitConfig` has one field per
+    parameter here (``n_iter`` -> ``nIter``), with the same default and
+    description; ``tests/test_config.py`` keeps the two in step, so a new
+    parameter is added in both places (and to its ``toParams``).
     """
 
     # --- main loop
@@ -24,9 +60,8 @@ class FitParams:
     n_coarse_sky: int = field(
         default=1,
         metadata={
-            "doc": "Passes that subtract a single median sky before boxed skies are "
-            "used (the seed used 2; with a sky gradient the second global pass "
-            "adds false faint peaks: 33 vs 11 on a 256x256 test field)."
+            "doc": "Number of first passes that subtract a single median sky, before the "
+            "boxed sky is used."
         },
     )
     sky_box: int = field(
@@ -39,11 +74,8 @@ class FitParams:
     sky_mask_nsigma: float = field(
         default=0.0,
         metadata={
-            "doc": "Pixels where the model of the sources exceeds this many sigma are "
-            "left out of the boxed sky (0: use every pixel).  Off by default: "
-            "at 0.02 stars/px almost no pixel is that faint and the sky comes "
-            "out low (fluxes +5%); the PSF refit instead corrects each PSF "
-            "star for its local sky."
+            "doc": "Pixels where the model of the sources exceeds this many sigma are left "
+            "out of the boxed sky (0: use every pixel)."
         },
     )
     fit_sky_terms: bool = field(
@@ -59,12 +91,16 @@ class FitParams:
     )
     bright_factor: float = field(
         default=0.3,
-        metadata={"doc": "A pixel with S/N above ``threshold / bright_factor`` is a bright peak."},
+        metadata={
+            "doc": "A pixel whose S/N exceeds the detection threshold divided by this is a "
+            "bright peak."
+        },
     )
     local_background_factor: float = field(
         default=0.5,
         metadata={
-            "doc": "A peak must also reach ``threshold * local_background_factor`` in the significance image computed with a local-background (compensated) filter."
+            "doc": "A peak must also reach this times the detection threshold in the "
+            "significance image computed with a local-background (compensated) filter."
         },
     )
     model_significance_factor: float = field(
@@ -80,7 +116,8 @@ class FitParams:
     model_pixel_factor: float = field(
         default=0.0,
         metadata={
-            "doc": "Residual pixel S/N must exceed this times the model's PSF-convolved S/N there. The seed used 0.4; with a fitted PSF this rejects most faint stars within a few FWHM of a bright one (measured on a 0.02 stars/px field: completeness at S/N 10-30 fell from 0.78 to 0.62), so it is off by default."
+            "doc": "Residual pixel S/N must exceed this times the model's PSF-convolved S/N "
+            "there (0: no such cut)."
         },
     )
     min_separation: float = field(
@@ -89,19 +126,16 @@ class FitParams:
     saturated_exclusion: float = field(
         default=1.0,
         metadata={
-            "doc": "No new source within this many PSF FWHMs of the saturated core "
-            "of a saturated star (a disc of radius half the narrower extent of "
-            "its saturated region plus this margin: not along a bleed trail). "
-            "The light there is the saturated star's, whose model is only "
-            "constrained by its wings. Measured on five fields (1024x1024 and "
-            "4 x 512x512): false detections 0.1111 / 0.1102 / 0.1093 with 0 / 1 "
-            "/ 2 FWHM, unsaturated S/N > 30 stars lost 111 / 110 / 148."
+            "doc": "No new source within this many PSF FWHMs of the core of a saturated star: "
+            "a disc of radius half the narrower extent of its saturated region (so not "
+            "along a bleed trail), plus this margin."
         },
     )
     first_pass_separation: float = field(
         default=0.0,
         metadata={
-            "doc": "Minimum separation of peaks in the first pass (0 means the PSF FWHM): early passes do not split blends."
+            "doc": "Minimum separation of peaks in the first pass (0 means the PSF FWHM): "
+            "early passes do not split blends."
         },
     )
 
@@ -109,13 +143,15 @@ class FitParams:
     stamp_sizes: tuple[int, ...] = field(
         default=(0, 0, 59),
         metadata={
-            "doc": "Stamp sizes (odd) from faint to bright; 0 means derived from the FWHM (small: ~2x FWHM radius, core: ~3x FWHM radius)."
+            "doc": "Stamp sizes (odd) from faint to bright; 0 means derived from the FWHM "
+            "(small: ~2x FWHM radius, core: ~3x FWHM radius)."
         },
     )
     stamp_noise_fraction: float = field(
         default=0.3,
         metadata={
-            "doc": "A source gets the smallest stamp whose edge PSF value times its flux is below this fraction of the pixel noise."
+            "doc": "A source gets the smallest stamp whose edge PSF value times its flux is "
+            "below this fraction of the pixel noise."
         },
     )
     solver: str = field(
@@ -141,16 +177,13 @@ class FitParams:
         metadata={"doc": "Drop sources whose fitted flux S/N falls below this between passes."},
     )
     merge_radius: float = field(
-        default=0.5, metadata={"doc": "Sources that converge closer than this are merged."}
+        default=0.5, metadata={"doc": "Sources that converge closer than this (pixels) are merged."}
     )
     forced_min_qf: float = field(
         default=0.05,
         metadata={
-            "doc": "Forced positions whose PSF core has less than this PSF-weighted "
-            "fraction of usable pixels are not fit (NaN flux, "
-            "flag_no_good_pixels): their flux is unconstrained and, measured "
-            "on a 30x30 px masked block, runs away and wrecks the fit of every "
-            "other source once the fraction falls below ~0.01."
+            "doc": "Forced positions whose PSF core has less than this PSF-weighted fraction "
+            "of usable pixels are not fit (NaN flux, flag_no_good_pixels)."
         },
     )
 
@@ -183,22 +216,18 @@ class FitParams:
     psf_snr_floor: float = field(
         default=0.005,
         metadata={
-            "doc": "With a spatially varying PSF (psf_order > 0) each PSF star is "
-            "weighted by 1 / (1/S/N^2 + psf_snr_floor^2): by the noise of its "
-            "normalised stamp, with this floor so that stars much brighter than "
-            "S/N 1/psf_snr_floor do not dominate (the brightest stars are the "
-            "most affected by non-linearity and brighter-fatter). 0 weighs by "
-            "S/N^2 alone. Order 0 takes the unweighted median stamp. Measured "
-            "on four 512x512 fields: false detections 0.124 with equal weights, "
-            "0.112 at 0.005, 0.121 at 0.05."
+            "doc": "With a spatially varying PSF (PSF order > 0) each PSF star is weighted by "
+            "1 / (1 / (S/N)^2 + floor^2), floor being this value, so that stars much "
+            "brighter than S/N 1 / floor do not dominate (0: by (S/N)^2 alone). Order 0 "
+            "takes the unweighted median stamp."
         },
     )
     psf_wing_min_snr: float = field(
         default=100.0,
         metadata={
-            "doc": "Stars brighter than this S/N (among the PSF stars) measure the "
-            "PSF wings beyond the core; with fewer than 10 such stars a Moffat "
-            "fit to the core extends it."
+            "doc": "Stars brighter than this S/N (among the PSF stars) measure the PSF wings "
+            "beyond the core; with fewer than 10 such stars a Moffat fit to the core "
+            "extends it."
         },
     )
     psf_max_stars: int = field(
@@ -210,7 +239,8 @@ class FitParams:
     psf_max_shift: float = field(
         default=0.5,
         metadata={
-            "doc": "Stars whose centroid moved more than this in the last pass are not used."
+            "doc": "Stars whose centroid moved more than this (pixels) in the last pass are "
+            "not used."
         },
     )
     psf_min_fracflux: float = field(
@@ -222,7 +252,8 @@ class FitParams:
     psf_max_median_loss: float = field(
         default=0.8,
         metadata={
-            "doc": "Reject PSF stars whose flux drops by more than this when a local median is subtracted (a diffuse, not a point, source)."
+            "doc": "Reject PSF stars whose flux drops by more than this when a local median is "
+            "subtracted (a diffuse, not a point, source)."
         },
     )
     initial_fwhm: float = field(
@@ -238,55 +269,76 @@ class FitParams:
     tile_overlap: int = field(
         default=48,
         metadata={
-            "doc": "Margin fit around each tile core, so that sources near the seams see all their neighbours (pixels)."
+            "doc": "Margin fit around each tile core, so that sources near the seams see all "
+            "their neighbours (pixels)."
         },
     )
     n_processes: int = field(
         default=1, metadata={"doc": "Tiles fit in parallel processes (1 = serial)."}
     )
 
-    def validate(self) -> None:
-        """Raise `ValueError` for parameters that cannot work."""
-        from .errors import InputError
+    def problems(self) -> dict[str, str]:
+        """What is wrong with these values, by field name (empty if nothing).
 
-        problems = []
+        When one field has several problems (several bad stamp sizes) they are
+        joined with ``"; "``.
+        """
+        found: dict[str, list[str]] = {}
+
+        def bad(name: str, message: str) -> None:
+            found.setdefault(name, []).append(message)
+
         if self.n_iter < 1:
-            problems.append("n_iter must be >= 1")
+            bad("n_iter", "n_iter must be >= 1")
         if self.threshold <= 0:
-            problems.append("threshold must be positive")
+            bad("threshold", "threshold must be positive")
         if not 0 < self.bright_factor <= 1:
-            problems.append("bright_factor must be in (0, 1]")
+            bad("bright_factor", "bright_factor must be in (0, 1]")
         if self.sky_box < 3:
-            problems.append("sky_box must be at least 3 pixels")
+            bad("sky_box", "sky_box must be at least 3 pixels")
         for s in self.stamp_sizes:
             if s != 0 and (s < 3 or s % 2 == 0):
-                problems.append(f"stamp size {s} must be 0 or an odd number >= 3")
+                bad("stamp_sizes", f"stamp size {s} must be 0 or an odd number >= 3")
         if len(self.stamp_sizes) == 0:
-            problems.append("stamp_sizes must not be empty")
+            bad("stamp_sizes", "stamp_sizes must not be empty")
         if self.psf_order < 0 or self.psf_order > 4:
-            problems.append("psf_order must be in 0..4")
+            bad("psf_order", "psf_order must be in 0..4")
         if self.psf_core_size and (self.psf_core_size % 2 == 0 or self.psf_core_size < 5):
-            problems.append("psf_core_size must be 0 or an odd number >= 5")
+            bad("psf_core_size", "psf_core_size must be 0 or an odd number >= 5")
         if self.tile_size < 64:
-            problems.append("tile_size must be at least 64")
+            bad("tile_size", "tile_size must be at least 64")
         if self.tile_overlap < 0:
-            problems.append("tile_overlap must be >= 0")
+            bad("tile_overlap", "tile_overlap must be >= 0")
         if self.solver not in ("direct", "cg"):
-            problems.append(f"solver must be 'direct' or 'cg', not {self.solver!r}")
+            bad("solver", f"solver must be 'direct' or 'cg', not {self.solver!r}")
         if self.n_processes < 1:
-            problems.append("n_processes must be >= 1")
+            bad("n_processes", "n_processes must be >= 1")
         if self.max_shift <= 0:
-            problems.append("max_shift must be positive")
+            bad("max_shift", "max_shift must be positive")
         if not self.psf_snr_floor >= 0:
-            problems.append("psf_snr_floor must be >= 0")
+            bad("psf_snr_floor", "psf_snr_floor must be >= 0")
         if not self.saturated_exclusion >= 0:
-            problems.append("saturated_exclusion must be >= 0")
-        if self.min_separation < 0 or self.merge_radius < 0:
-            problems.append("min_separation and merge_radius must be >= 0")
+            bad("saturated_exclusion", "saturated_exclusion must be >= 0")
+        if self.min_separation < 0:
+            bad("min_separation", "min_separation must be >= 0")
+        if self.merge_radius < 0:
+            bad("merge_radius", "merge_radius must be >= 0")
         if not 0 <= self.forced_min_qf <= 1:
-            problems.append("forced_min_qf must be in [0, 1]")
+            bad("forced_min_qf", "forced_min_qf must be in [0, 1]")
+        return {name: "; ".join(messages) for name, messages in found.items()}
+
+    def validate(self) -> None:
+        """Check that these values can work.
+
+        Raises
+        ------
+        FitParamsError
+            Some values cannot work; its ``problems`` say which fields and why
+            (an `InputError`, hence a `ValueError`).
+        """
+        problems = self.problems()
         if problems:
-            raise InputError("Invalid fit parameters: " + "; ".join(problems) + ".")
+            raise FitParamsError(problems)
 
     @classmethod
     def docs(cls) -> dict[str, str]:
