@@ -62,10 +62,15 @@ def test_arrays_xy0_and_mask_planes():
     assert inputs.image.shape == (NY, NX)
     assert np.shares_memory(inputs.image, exposure.image.array)
     np.testing.assert_array_equal(inputs.variance, exposure.variance.array)
-    np.testing.assert_array_equal(inputs.mask, exposure.mask.array)
     assert inputs.xy0 == (X0, Y0)
     assert all(isinstance(v, int) for v in inputs.xy0)
-    assert inputs.mask_planes == dict(exposure.mask.getMaskPlaneDict())
+    assert set(inputs.mask_planes) == set(exposure.mask.getMaskPlaneDict())
+    for name in exposure.mask.getMaskPlaneDict():
+        np.testing.assert_array_equal(
+            inputs.mask_planes[name],
+            (exposure.mask.array & exposure.mask.getPlaneBitMask(name)) != 0,
+            err_msg=name,
+        )
     sat = inputs.plane(["SAT"])
     assert sat[5, 7] and sat.sum() == 1
     bad = inputs.plane(["BAD"])
@@ -127,6 +132,24 @@ def test_missing_components_are_none():
     assert inputs.psf is None
     assert inputs.pixel_to_sky is None and inputs.sky_to_pixel is None
     assert inputs.njy_per_count is None
+
+
+def test_unit_is_count():
+    assert afw_exposure_inputs(_make_exposure()).unit == "count"
+
+
+def test_background_list_is_added_back():
+    import lsst.afw.math as afwMath
+
+    exposure = _make_exposure()
+    background = afwMath.BackgroundList(
+        afwMath.makeBackground(exposure.getMaskedImage(), afwMath.BackgroundControl(4, 4))
+    )
+    inputs = exposure_inputs(exposure, background=background)
+    np.testing.assert_array_equal(inputs.image, exposure.image.array + background.getImage().array)
+    assert inputs.image.dtype == exposure.image.array.dtype
+    empty = exposure_inputs(exposure, background=afwMath.BackgroundList())
+    np.testing.assert_array_equal(empty.image, exposure.image.array)
 
 
 def test_exposure_inputs_dispatches_to_afw():

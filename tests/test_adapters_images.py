@@ -28,9 +28,9 @@ from lsst.meas.crowdsource.io.exposure import exposure_inputs  # noqa: E402
 from lsst.meas.crowdsource.io.images import (  # noqa: E402
     _njy_per_unit,
     _psf_callable,
-    mask_to_integer,
     visit_image_inputs,
 )
+from lsst.meas.crowdsource.io.planes import LEGACY_PLANE_NAMES  # noqa: E402
 
 X0, Y0, NX, NY = 100, 200, 64, 48
 BBOX = Box.factory[Y0 : Y0 + NY, X0 : X0 + NX]
@@ -80,10 +80,10 @@ def test_arrays_xy0_and_mask_planes():
     np.testing.assert_array_equal(inputs.variance, mi.variance.array)
     assert inputs.xy0 == (X0, Y0)
     # lsst.images names and the afw names they replace share a bit
-    assert inputs.mask_planes["SATURATED"] == inputs.mask_planes["SAT"]
-    assert inputs.mask_planes["COSMIC_RAY"] == inputs.mask_planes["CR"]
-    assert inputs.mask_planes["INTERPOLATED"] == inputs.mask_planes["INTRP"]
-    assert inputs.mask_planes["DETECTION_EDGE"] == inputs.mask_planes["EDGE"]
+    assert inputs.mask_planes["SATURATED"] is inputs.mask_planes["SAT"]
+    assert inputs.mask_planes["COSMIC_RAY"] is inputs.mask_planes["CR"]
+    assert inputs.mask_planes["INTERPOLATED"] is inputs.mask_planes["INTRP"]
+    assert inputs.mask_planes["DETECTION_EDGE"] is inputs.mask_planes["EDGE"]
     sat = inputs.plane(["SAT"])
     assert sat[5, 7] and sat.sum() == 1
     np.testing.assert_array_equal(inputs.plane(["SATURATED"]), mi.mask.get("SATURATED"))
@@ -92,18 +92,55 @@ def test_arrays_xy0_and_mask_planes():
     assert inputs.psf is None  # a plain MaskedImage has no PSF
 
 
-def test_mask_to_integer_every_plane():
+def test_every_plane_read_as_boolean():
     mi = _masked_image()
     rng = np.random.default_rng(1)
     for plane in mi.mask.schema:
         if plane is not None:
             mi.mask.set(plane.name, rng.random((NY, NX)) < 0.1)
-    mask, planes = mask_to_integer(mi.mask)
-    assert mask.shape == (NY, NX)
+    planes = visit_image_inputs(mi).mask_planes
     for plane in mi.mask.schema:
         if plane is not None:
-            bit = planes[plane.name]
-            np.testing.assert_array_equal((mask & (1 << bit)) != 0, mi.mask.get(plane.name))
+            assert planes[plane.name].dtype == bool and planes[plane.name].shape == (NY, NX)
+            np.testing.assert_array_equal(planes[plane.name], mi.mask.get(plane.name))
+            for legacy in LEGACY_PLANE_NAMES.get(plane.name, ()):
+                assert planes[legacy] is planes[plane.name]
+
+
+def test_afw_plane_names_in_configs_work():
+    mi = _masked_image()
+    inputs = visit_image_inputs(mi)
+    for name in ("BAD", "SAT", "CR", "INTRP", "EDGE", "NO_DATA", "SUSPECT"):
+        assert name in inputs.mask_planes, name
+    np.testing.assert_array_equal(
+        inputs.plane(["BAD", "SAT"]), mi.mask.get("BAD") | mi.mask.get("SATURATED")
+    )
+
+
+def test_legacy_plane_names_cover_every_lsst_images_rename():
+    from lsst.images import (
+        get_legacy_deep_coadd_mask_planes,
+        get_legacy_difference_image_mask_planes,
+        get_legacy_non_cell_coadd_mask_planes,
+    )
+
+    renames: dict[str, set[str]] = {}
+    for table in (
+        get_legacy_visit_image_mask_planes(),
+        get_legacy_difference_image_mask_planes(),
+        get_legacy_deep_coadd_mask_planes(),
+        get_legacy_non_cell_coadd_mask_planes(),
+    ):
+        for legacy_name, plane in table.items():
+            if legacy_name != plane.name:
+                renames.setdefault(plane.name, set()).add(legacy_name)
+    assert {name: set(old) for name, old in LEGACY_PLANE_NAMES.items()} == renames
+
+
+def test_unit_follows_the_image():
+    assert visit_image_inputs(_masked_image(u.nJy)).unit == "nJy"
+    assert visit_image_inputs(_masked_image(u.electron)).unit == "electron"
+    assert visit_image_inputs(_masked_image(None)).unit == "count"
 
 
 def test_sky_projection_round_trip():

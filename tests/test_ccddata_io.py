@@ -1,4 +1,4 @@
-"""Tests of the astropy exposure path: afw-layout FITS I/O and butler plumbing."""
+"""Tests of the astropy exposure path: CCDData conventions, afw-layout FITS I/O, butler plumbing."""
 
 from __future__ import annotations
 
@@ -17,21 +17,23 @@ from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 from lsst.sphgeom import LonLat, UnitVector3d
 
 from lsst.meas.crowdsource.io import butler as butler_utils
-from lsst.meas.crowdsource.io.ccddata import (
+from lsst.meas.crowdsource.io.calexp_fits import (
     AB_REFERENCE_FLUX_NJY,
-    DEFAULT_MASK_PLANES,
     PSF_EXTNAME,
+    read_calexp_fits,
+    write_calexp_fits,
+)
+from lsst.meas.crowdsource.io.ccddata import (
     BitMaskCCDData,
     get_bit_mask,
     get_photcalib,
     get_xy0,
     make_ccddata,
     mask_planes,
-    read_calexp_fits,
     set_xy0,
     validate_ccddata,
-    write_calexp_fits,
 )
+from lsst.meas.crowdsource.io.planes import DEFAULT_MASK_PLANES
 from lsst.meas.crowdsource.testing.butler import register_visit
 
 SHAPE = (23, 31)  # (ny, nx): deliberately not square

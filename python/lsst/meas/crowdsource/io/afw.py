@@ -2,7 +2,7 @@
 `~lsst.afw.table.SourceCatalog` out.
 
 Every ``lsst.afw`` / ``lsst.geom`` import happens inside a function, so this
-module can be imported (and `centred_odd_stamp` used) without afw.
+module can be imported without afw.
 
 The afw calls used here, and where they are defined in github lsst/afw:
 
@@ -13,7 +13,8 @@ The afw calls used here, and where they are defined in github lsst/afw:
   (``python/lsst/afw/image/_exposure/_exposure.cc``); each getter returns
   `None` when the component is not set.
 - ``Mask.getMaskPlaneDict`` (``python/lsst/afw/image/_image/_image.cc``):
-  plane name -> bit index.
+  plane name -> bit index; the ``int32`` mask array is split into one
+  boolean plane per name once, by `~.planes.boolean_planes`.
 - ``Psf.computeKernelImage(position)``
   (``python/lsst/afw/detection/_psf.cc``; contract in
   ``include/lsst/afw/detection/Psf.h``): an image normalised to unit sum,
@@ -23,6 +24,8 @@ The afw calls used here, and where they are defined in github lsst/afw:
   ``SkyWcs.skyToPixelArray(ra, dec, degrees=True)``
   (``python/lsst/afw/geom/skyWcs.py``): vectorised, PARENT pixel
   coordinates, flat output arrays.
+- ``BackgroundList.getImage()`` (``python/lsst/afw/math/_backgroundList.py``):
+  the sum of the backgrounds as an ``ImageF``, `None` for an empty list.
 - ``PhotoCalib.getCalibrationMean()``
   (``include/lsst/afw/image/PhotoCalib.h``): the spatial mean of the
   calibration, nJy per image unit.
@@ -42,13 +45,14 @@ import numpy as np
 
 from ..catalog import SLOT_ALIASES, Column
 from ..engine import InputError
-from .inputs import ExposureInputs
+from .inputs import COUNT_UNIT, ExposureInputs
+from .planes import boolean_planes
+from .psf import centred_odd_stamp
 
 __all__ = [
     "afw_exposure_inputs",
     "afw_schema",
     "source_catalog_from_table",
-    "centred_odd_stamp",
     "numpy_to_afw_image",
     "background_image",
 ]
@@ -57,56 +61,6 @@ __all__ = [
 #: ``lsst.afw.table.Field``).  afw has no 16-bit signed type: ``i2`` is
 #: widened to ``I`` (32-bit).
 AFW_FIELD_TYPES = {"f8": "D", "f4": "F", "i8": "L", "i4": "I", "i2": "I", "?": "Flag"}
-
-
-def centred_odd_stamp(array: np.ndarray, x0: int, y0: int) -> np.ndarray:
-    """Square, odd-sized stamp centred on a kernel image's ``(0, 0)`` pixel.
-
-    afw (``Psf.computeKernelImage``) and lsst.images
-    (``PointSpreadFunction.compute_kernel_image``) return kernel images whose
-    pixel ``(0, 0)`` -- array index ``(-y0, -x0)`` -- holds the PSF centre.
-    Their images are normally square and odd, centred in the array; when
-    they are not (lsst.images pads legacy kernels to the largest kernel
-    bounding box, which need not be symmetric) the largest square centred on
-    ``(0, 0)`` is cut out and renormalised to unit sum.
-
-    Parameters
-    ----------
-    array : `numpy.ndarray`
-        Kernel image pixels.
-    x0, y0 : `int`
-        Coordinates of ``array[0, 0]`` in the kernel image's own coordinate
-        system (``getX0()`` / ``getY0()``, or ``bbox.start``).
-
-    Returns
-    -------
-    stamp : `numpy.ndarray`
-        ``(2 h + 1, 2 h + 1)`` float64 stamp with the PSF centre at
-        ``stamp[h, h]``.
-
-    Raises
-    ------
-    InputError
-        If the array is not 2-D or does not contain the pixel ``(0, 0)``.
-    """
-    arr = np.asarray(array, dtype=float)
-    if arr.ndim != 2:
-        raise InputError(f"A PSF kernel image must be 2-D; got shape {arr.shape}.")
-    ny, nx = arr.shape
-    cx, cy = -int(x0), -int(y0)
-    if not (0 <= cx < nx and 0 <= cy < ny):
-        raise InputError(
-            f"The PSF kernel image (xy0=({x0}, {y0}), shape {arr.shape}) does not "
-            "contain its centre pixel (0, 0)."
-        )
-    half = min(cx, nx - 1 - cx, cy, ny - 1 - cy)
-    if nx == ny == 2 * half + 1:
-        return arr
-    stamp = np.array(arr[cy - half : cy + half + 1, cx - half : cx + half + 1])
-    total = stamp.sum()
-    if total > 0:
-        stamp /= total
-    return stamp
 
 
 def _psf_callable(psf) -> Callable[[float, float], np.ndarray]:
@@ -157,28 +111,31 @@ def afw_exposure_inputs(exposure) -> ExposureInputs:
     Returns
     -------
     inputs : `~lsst.meas.crowdsource.io.inputs.ExposureInputs`
-        - ``image``, ``variance``, ``mask``: views of
-          ``exposure.image.array``, ``exposure.variance.array`` and
-          ``exposure.mask.array`` (not copied; the engine never writes to
-          them);
-        - ``mask_planes``: ``exposure.mask.getMaskPlaneDict()``;
+        - ``image``, ``variance``: views of ``exposure.image.array`` and
+          ``exposure.variance.array`` (not copied; the engine never writes
+          to them);
+        - ``mask_planes``: one boolean plane per entry of
+          ``exposure.mask.getMaskPlaneDict()`` (afw names), made from
+          ``exposure.mask.array``;
         - ``xy0``: ``exposure.getXY0()`` as two ints;
         - ``psf``: ``psf(x, y)`` returning
           ``exposure.getPsf().computeKernelImage(lsst.geom.Point2D(x, y))``
           as a square, odd stamp centred on its middle pixel (see
-          `centred_odd_stamp`), or `None` if the exposure has no PSF;
+          `~.psf.centred_odd_stamp`), or `None` if the exposure has no PSF;
         - ``pixel_to_sky`` / ``sky_to_pixel``: ``SkyWcs.pixelToSkyArray`` /
           ``skyToPixelArray`` with ``degrees=True`` (afw WCSs work in PARENT
           pixel coordinates, as the engine does), or `None` without a WCS;
         - ``njy_per_count``: ``exposure.getPhotoCalib().getCalibrationMean()``
           (nJy per image unit; ``1`` for images already in nJy), or `None`
           without a PhotoCalib.  A spatially varying calibration is reduced
-          to its mean.
+          to its mean;
+        - ``unit``: ``"count"`` (`~lsst.meas.crowdsource.io.inputs.COUNT_UNIT`;
+          afw images carry no unit).
     """
     image = exposure.image.array
     variance = exposure.variance.array
-    mask = exposure.mask.array
-    planes = {str(name): int(bit) for name, bit in exposure.mask.getMaskPlaneDict().items()}
+    bits = {str(name): int(bit) for name, bit in exposure.mask.getMaskPlaneDict().items()}
+    planes = boolean_planes(exposure.mask.array, bits)
     xy0 = exposure.getXY0()
     afw_psf = exposure.getPsf()
     psf = None if afw_psf is None else _psf_callable(afw_psf)
@@ -189,13 +146,13 @@ def afw_exposure_inputs(exposure) -> ExposureInputs:
     return ExposureInputs(
         image=image,
         variance=variance,
-        mask=mask,
         mask_planes=planes,
         xy0=(int(xy0.getX()), int(xy0.getY())),
         psf=psf,
         pixel_to_sky=pixel_to_sky,
         sky_to_pixel=sky_to_pixel,
         njy_per_count=njy,
+        unit=COUNT_UNIT,
     )
 
 

@@ -1,7 +1,7 @@
 """Butler formatter and storage-class delegate for the astropy exposure path.
 
 `CCDDataCalexpFormatter` stores an `astropy.nddata.CCDData` as a FITS file
-in the afw calexp layout (see `lsst.meas.crowdsource.io.ccddata`), so a
+in the afw calexp layout (see `lsst.meas.crowdsource.io.calexp_fits`), so a
 dataset written with the ``CrowdsourceCCDData`` storage class can also be
 opened with ``lsst.afw.image.ExposureF`` and vice versa.  The storage class
 and the formatter mapping are declared in the package's
@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from astropy.nddata import CCDData, VarianceUncertainty
+from astropy.nddata import CCDData
 
 from lsst.daf.butler import FormatterV2, StorageClassDelegate
 from lsst.resources import ResourcePath
 
-from .ccddata import PSF_EXTNAME, from_hdulist, get_bit_mask, write_calexp_fits
+from .calexp_fits import PSF_EXTNAME, from_hdulist, write_calexp_fits
+from .ccddata import get_bit_mask, variance_from_uncertainty
 
 # Components that live in one HDU each and can be read without the rest.
 _HDU_COMPONENTS = {
@@ -72,7 +73,7 @@ class CCDDataDelegate(StorageClassDelegate):
         if componentName == "variance":
             if composite.uncertainty is None:
                 return None
-            return np.asarray(composite.uncertainty.represent_as(VarianceUncertainty).array)
+            return variance_from_uncertainty(composite.uncertainty)
         if componentName == "psf":
             return getattr(composite, "psf", None)
         if componentName == "wcs":
@@ -85,9 +86,9 @@ class CCDDataDelegate(StorageClassDelegate):
 class CCDDataCalexpFormatter(FormatterV2):
     """Read and write `astropy.nddata.CCDData` in the afw calexp FITS layout.
 
-    Writes go through `lsst.meas.crowdsource.io.ccddata.write_calexp_fits`
+    Writes go through `lsst.meas.crowdsource.io.calexp_fits.write_calexp_fits`
     (the butler itself writes to a temporary file and moves it into place).
-    Reads use `~lsst.meas.crowdsource.io.ccddata.from_hdulist`, so calexps
+    Reads use `~lsst.meas.crowdsource.io.calexp_fits.from_hdulist`, so calexps
     written by ``lsst.afw`` (``ExposureF``) can be read too.
     """
 

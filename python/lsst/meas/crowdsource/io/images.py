@@ -7,14 +7,19 @@ it is defined in github lsst/images (``python/lsst/images/``):
   ``.array`` is the 2-D pixel array) and ``.mask`` (``_masked_image.py``,
   ``_image.py``); ``MaskedImage.bbox.start`` is a ``YX`` of the first
   pixel's coordinates (``_geom.py``); ``MaskedImage.unit`` is the image's
-  `astropy.units.Unit` (or `None`).  `VisitImage` subclasses `MaskedImage`
+  `astropy.units.Unit` (or `None`; a `VisitImage` always has one, ``nJy``
+  for a DP1 ``visit_image``).  `VisitImage` subclasses `MaskedImage`
   (``_visit_image.py``).
 - `~lsst.images.Mask` is a 3-D ``(ny, nx, mask_size)`` bit-packed array
-  described by a ``MaskSchema`` (``_mask.py``); ``Mask.get(name)`` returns
-  one plane as a 2-D boolean array.  lsst.images renames several afw planes
-  (``SAT`` -> ``SATURATED``, ``CR`` -> ``COSMIC_RAY``, ``INTRP`` ->
-  ``INTERPOLATED``, ``EDGE`` -> ``DETECTION_EDGE``, ...; see
-  ``get_legacy_visit_image_mask_planes``), so both names are given here.
+  described by a ``MaskSchema`` (``_mask.py``; iterating it gives
+  ``MaskPlane`` or `None` placeholders); ``Mask.get(name)`` returns one
+  plane as a new 2-D boolean array, which is what
+  `~lsst.meas.crowdsource.io.inputs.ExposureInputs` carries.  lsst.images
+  renames several afw planes (``SAT`` -> ``SATURATED``, ``CR`` ->
+  ``COSMIC_RAY``, ``INTRP`` -> ``INTERPOLATED``, ``EDGE`` ->
+  ``DETECTION_EDGE``, ...; see ``get_legacy_visit_image_mask_planes``), so
+  each plane is also listed under its afw name
+  (`~.planes.LEGACY_PLANE_NAMES`).
 - ``VisitImage.psf`` (a ``psfs.PointSpreadFunction``; it raises the stored
   ``ArchiveReadError`` when the PSF could not be read) and
   ``PointSpreadFunction.compute_kernel_image(x=, y=)`` (``psfs/_base.py``):
@@ -37,59 +42,33 @@ from collections.abc import Callable
 import numpy as np
 
 from ..engine import InputError
-from .afw import centred_odd_stamp
-from .inputs import ExposureInputs
+from .inputs import ExposureInputs, unit_string
+from .planes import readonly_plane, with_legacy_names
+from .psf import centred_odd_stamp
 
-__all__ = ["visit_image_inputs", "mask_to_integer"]
-
-
-def _legacy_plane_names() -> dict[str, list[str]]:
-    """lsst.images plane name -> the afw (legacy) names it replaces."""
-    from lsst.images import (
-        get_legacy_difference_image_mask_planes,
-        get_legacy_visit_image_mask_planes,
-    )
-
-    result: dict[str, list[str]] = {}
-    for mapping in (
-        get_legacy_visit_image_mask_planes(),
-        get_legacy_difference_image_mask_planes(),
-    ):
-        for legacy_name, plane in mapping.items():
-            names = result.setdefault(plane.name, [])
-            if legacy_name != plane.name and legacy_name not in names:
-                names.append(legacy_name)
-    return result
+__all__ = ["read_mask_planes", "visit_image_inputs"]
 
 
-def mask_to_integer(mask) -> tuple[np.ndarray, dict[str, int]]:
-    """Repack an `lsst.images.Mask` into a 2-D integer mask and a plane dict.
+def read_mask_planes(mask) -> dict[str, np.ndarray]:
+    """The planes of an `lsst.images.Mask` as boolean images, under both names.
 
-    Plane ``i`` of the schema (skipping `None` placeholders) gets bit ``i``.
-    Each plane is listed under its lsst.images name and, where lsst.images
-    renamed an afw plane, under the afw name too (``SATURATED`` and ``SAT``
-    share a bit), unless the schema itself has a plane of that name.
+    Each plane of ``mask.schema`` (skipping `None` placeholders) is read
+    once with ``Mask.get(name)``; where lsst.images renamed an afw plane the
+    afw name refers to the same array (``SAT`` is ``SATURATED``), unless the
+    schema itself has a plane of that name.
 
-    Raises
-    ------
-    InputError
-        If the mask has more than 63 planes.
+    Returns
+    -------
+    planes : `dict` [`str`, `numpy.ndarray` [`bool`]]
+        Plane name -> read-only boolean image, in schema order, then the
+        afw names.
     """
-    names = [plane.name for plane in mask.schema if plane is not None]
-    if len(names) > 63:
-        raise InputError(f"The mask has {len(names)} planes; at most 63 fit an integer mask.")
-    dtype = np.int32 if len(names) <= 31 else np.int64
-    ny, nx = mask.bbox.shape
-    out = np.zeros((ny, nx), dtype=dtype)
-    planes: dict[str, int] = {}
-    for bit, name in enumerate(names):
-        out[mask.get(name)] |= dtype(1 << bit)
-        planes[name] = bit
-    legacy = _legacy_plane_names()
-    for name in names:
-        for old in legacy.get(name, []):
-            planes.setdefault(old, planes[name])
-    return out, planes
+    planes = {
+        plane.name: readonly_plane(mask.get(plane.name))
+        for plane in mask.schema
+        if plane is not None
+    }
+    return with_legacy_names(planes)
 
 
 def _psf_callable(visit_image) -> Callable | None:
@@ -194,8 +173,8 @@ def visit_image_inputs(visit_image) -> ExposureInputs:
     inputs : `~lsst.meas.crowdsource.io.inputs.ExposureInputs`
         - ``image``, ``variance``: ``visit_image.image.array``,
           ``visit_image.variance.array`` (views);
-        - ``mask``, ``mask_planes``: the bit-packed mask repacked by
-          `mask_to_integer` (lsst.images and afw plane names);
+        - ``mask_planes``: `read_mask_planes` of ``visit_image.mask``
+          (lsst.images and afw plane names);
         - ``xy0``: ``visit_image.bbox.start`` as ``(x, y)``;
         - ``psf``: ``psf(x, y)`` from
           ``visit_image.psf.compute_kernel_image(x=x, y=y)`` as a square,
@@ -204,7 +183,9 @@ def visit_image_inputs(visit_image) -> ExposureInputs:
           evaluated);
         - ``pixel_to_sky`` / ``sky_to_pixel``: through
           ``visit_image.sky_projection`` (`None` without one);
-        - ``njy_per_count``: see `_njy_per_unit`.
+        - ``njy_per_count``: see `_njy_per_unit`;
+        - ``unit``: ``visit_image.unit`` as a string (``"nJy"`` for a DP1
+          ``visit_image``; ``"count"`` for a masked image without a unit).
 
     Raises
     ------
@@ -220,7 +201,6 @@ def visit_image_inputs(visit_image) -> ExposureInputs:
         )
     image = visit_image.image.array
     variance = visit_image.variance.array
-    mask, planes = mask_to_integer(visit_image.mask)
     start = visit_image.bbox.start
     projection = visit_image.sky_projection
     pixel_to_sky, sky_to_pixel = (
@@ -229,11 +209,11 @@ def visit_image_inputs(visit_image) -> ExposureInputs:
     return ExposureInputs(
         image=image,
         variance=variance,
-        mask=mask,
-        mask_planes=planes,
+        mask_planes=read_mask_planes(visit_image.mask),
         xy0=(int(start.x), int(start.y)),
         psf=_psf_callable(visit_image),
         pixel_to_sky=pixel_to_sky,
         sky_to_pixel=sky_to_pixel,
         njy_per_count=_njy_per_unit(visit_image),
+        unit=unit_string(visit_image.unit),
     )

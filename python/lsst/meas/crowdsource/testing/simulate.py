@@ -81,7 +81,7 @@ from astropy.table import Table
 from scipy import fft as sfft
 from scipy import ndimage, optimize
 
-from ..io.ccddata import DEFAULT_MASK_PLANES
+from ..io.planes import DEFAULT_MASK_PLANES
 
 #: Mask plane name -> bit number, as in a default afw ``Mask``.
 MASK_PLANES: dict[str, int] = dict(DEFAULT_MASK_PLANES)
