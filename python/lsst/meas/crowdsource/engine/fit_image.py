@@ -1,10 +1,32 @@
-"""The engine's entry point: validate inputs, fit tiles, stitch the result."""
+"""The engine's entry point: validate the inputs, fit tiles, stitch the result.
+
+`fit_image` turns the caller's arrays into one `ImageData` (validated
+once), cuts it into overlapping tiles (`make_tiles`) that are
+`ImageData.cutout` s of it, fits each with `fit_tile` (in this process or
+in worker processes) and stitches their catalogues, models and PSFs
+(`select_tile_sources`).
+
+Contract
+--------
+- Positions enter (forced positions, a callable PSF's arguments) and leave
+  (the catalogue) in PARENT coordinates; in between everything is in the
+  image's array coordinates.  The conversion is `ImageData.to_array` /
+  `ImageData.to_parent`, nowhere else.
+- With forced positions the catalogue starts with one row per position,
+  in input order (``forced_index`` = the row), followed by the sources
+  found in the image.  A position off the image, or with a non-finite
+  coordinate, is not fit: its row has ``off_image`` set and NaN fluxes,
+  and for a non-finite position NaN ``x`` and ``y``.
+- The result depends only on the inputs (and not on the number of
+  processes).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -12,13 +34,15 @@ import numpy as np
 
 from .columns import ENGINE_COLUMNS, empty_columns, pixel_flag_columns
 from .errors import InputError
-from .fit import fit_tile
+from .image import ImageData
+from .loop import TileFit, fit_tile
 from .params import FitParams
 from .psf import PixelPsf, check_psf_stamp, psf_from_callable
 from .psf_io import ParentFramePsf
-from .tiling import Tile, TiledPsf, make_tiles, select_tile_sources
+from .sources import ForcedPositions, pad_rows
+from .tiling import Tile, TiledPsf, home_tiles, make_tiles, select_tile_sources
 
-__all__ = ["FitResult", "fit_image", "prepare_weight"]
+__all__ = ["FitResult", "fit_image"]
 
 _log = logging.getLogger(__name__)
 
@@ -68,113 +92,102 @@ class FitResult:
         return ParentFramePsf(self.psf, self.xy0)
 
 
-def prepare_weight(
-    image: np.ndarray,
-    variance: np.ndarray | None,
-    weight: np.ndarray | None,
-    bad: np.ndarray | None,
-    saturated: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate the planes and build the inverse-variance weight.
-
-    Handling of unusable pixels (documented behaviour, not errors):
-    pixels whose image value is NaN/inf, whose variance is NaN, inf, zero
-    or negative (or weight NaN/inf/negative), or that are flagged ``bad``
-    or ``saturated`` get zero weight; their image values are never used.
-
-    Raises
-    ------
-    InputError
-        Not a 2-D image, mismatched shapes, neither or both of variance
-        and weight, or no usable pixel at all.
-    """
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise InputError(f"The image must be a 2-D array; got {image.ndim} dimension(s).")
-    if image.size == 0:
-        raise InputError("The image is empty (zero pixels).")
-    if not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
-        raise InputError(f"The image must hold real numbers; got dtype {image.dtype}.")
-    if (variance is None) == (weight is None):
-        raise InputError("Give exactly one of variance or weight (inverse variance).")
-
-    def check(name, arr, kind=None):
-        arr = np.asarray(arr, dtype=kind) if kind else np.asarray(arr)
-        if arr.shape != image.shape:
-            raise InputError(
-                f"The {name} plane has shape {arr.shape} but the image has shape {image.shape}."
-            )
-        return arr
-
-    image = image.astype(np.float64, copy=False)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if variance is not None:
-            var = check("variance", variance).astype(np.float64)
-            w = np.where(np.isfinite(var) & (var > 0), 1.0 / var, 0.0)
-        else:
-            w = check("weight", weight).astype(np.float64)
-            w = np.where(np.isfinite(w) & (w > 0), w, 0.0)
-    w[~np.isfinite(image)] = 0.0
-    if bad is not None:
-        w[check("bad mask", bad, bool)] = 0.0
-    sat = (
-        np.zeros(image.shape, bool)
-        if saturated is None
-        else check("saturated mask", saturated, bool)
-    )
-    w[sat] = 0.0
-    if not (w > 0).any():
-        raise InputError(
-            f"No usable pixels: all {image.size} pixels are masked, saturated, "
-            "non-finite, or have non-positive variance."
-        )
-    image = np.where(np.isfinite(image), image, 0.0)
-    return image, w, sat
-
-
-def _as_psf(
-    psf: PsfInput, shape: tuple[int, int], xy0: tuple[int, int], order: int
-) -> PixelPsf | None:
+def _as_psf(psf: PsfInput, data: ImageData, order: int) -> PixelPsf | None:
     """Turn the caller's PSF into a `PixelPsf` in array coordinates."""
     if psf is None or isinstance(psf, PixelPsf):
         return psf
     if callable(psf):
-        ny, nx = shape
-        x0, y0 = xy0
+        ny, nx = data.shape
 
         def local(x, y):
-            return np.asarray(psf(x + x0, y + y0), dtype=float)
+            return np.asarray(psf(*data.to_parent(x, y)), dtype=float)
 
         return psf_from_callable(local, (0, 0, nx - 1, ny - 1), order=order)
     return PixelPsf.from_stamp(check_psf_stamp(psf))
 
 
-def _fit_one(args):
-    (tile, image, weight, sat, psf, params, fx, fy, fidx, find_new, refine) = args
-    x0, y0, x1, y1 = tile.outer
-    logger = logging.getLogger(__name__)
-    res = fit_tile(
-        image,
-        weight,
-        sat,
-        psf,
-        params,
-        origin=(x0, y0),
-        forced_x=None if fx is None else fx - x0,
-        forced_y=None if fy is None else fy - y0,
-        find_new=find_new,
-        refine_forced=refine,
-        psf_bbox=(x0, y0, x1 - 1, y1 - 1),
-        log=logger,
-        label=tile.label,
-    )
-    cols = res.columns
-    for name in ("x", "y", "x_iso", "y_iso"):
-        cols[name] = cols[name] + (x0 if name.startswith("x") else y0)
-    fi = cols["forced_index"]
-    if fidx is not None and len(fidx) and len(fi):  # a tile may hold no forced position
-        cols["forced_index"] = np.where(fi >= 0, fidx[np.maximum(fi, 0)], -1)
-    return tile, res
+def _forced_positions(
+    data: ImageData, forced_x: np.ndarray | None, forced_y: np.ndarray | None
+) -> ForcedPositions | None:
+    """The caller's PARENT forced positions in array coordinates (may be non-finite)."""
+    if forced_x is None and forced_y is None:
+        return None
+    if forced_x is None or forced_y is None:
+        raise InputError("forced_x and forced_y must be given together.")
+    fx, fy = data.to_array(np.asarray(forced_x, dtype=float), np.asarray(forced_y, dtype=float))
+    if fx.shape != fy.shape or fx.ndim != 1:
+        raise InputError("forced_x and forced_y must be 1-D arrays of equal length.")
+    if not (np.all(np.isfinite(fx)) and np.all(np.isfinite(fy))):
+        raise InputError("Forced positions must be finite.")
+    return ForcedPositions(fx, fy, np.arange(len(fx)))
+
+
+@dataclass
+class _TileJob:
+    """One tile's fit: everything a worker process needs."""
+
+    tile: Tile
+    data: ImageData  # the tile's cutout of the image
+    psf: PixelPsf | None
+    params: FitParams
+    forced: ForcedPositions | None  # in the tile's array coordinates
+    find_new: bool
+    refine_forced: float
+
+    @classmethod
+    def make(cls, tile: Tile, image: ImageData, forced: ForcedPositions | None, **kw) -> _TileJob:
+        """The job of ``tile`` of ``image``, with the forced positions in its region."""
+        cut = image.cutout(tile.outer)
+        if forced is not None:
+            forced = forced.subset(np.nonzero(tile.in_outer(forced.x, forced.y))[0])
+            forced = ForcedPositions(*cut.to_array(forced.x, forced.y), forced.index)
+        return cls(tile, cut, forced=forced, **kw)
+
+    def run(self) -> tuple[Tile, TileFit]:
+        """Fit the tile; positions come back in the image's array coordinates."""
+        res = fit_tile(
+            self.data,
+            self.psf,
+            self.params,
+            self.forced,
+            self.find_new,
+            self.refine_forced,
+            log=logging.getLogger(__name__),
+            label=self.tile.label,
+        )
+        cols = res.columns
+        cols["x"], cols["y"] = self.data.to_parent(cols["x"], cols["y"])
+        cols["x_iso"], cols["y_iso"] = self.data.to_parent(cols["x_iso"], cols["y_iso"])
+        return self.tile, res
+
+
+def _run_job(job: _TileJob) -> tuple[Tile, TileFit]:
+    return job.run()
+
+
+def _fit_tiles(
+    jobs: list[_TileJob], n_processes: int, log: logging.Logger
+) -> list[tuple[Tile, TileFit]]:
+    """Run the jobs, in ``n_processes`` worker processes when there are several tiles."""
+    results = []
+    with contextlib.ExitStack() as stack:
+        fits: Iterable[tuple[Tile, TileFit]]
+        if n_processes > 1 and len(jobs) > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=n_processes))
+            fits = pool.map(_run_job, jobs)
+        else:
+            fits = map(_run_job, jobs)
+        for k, (tile, res) in enumerate(fits):
+            results.append((tile, res))
+            if len(jobs) > 1:
+                log.info(
+                    "Finished %s(%d/%d): %d sources.",
+                    tile.label,
+                    k + 1,
+                    len(jobs),
+                    len(res.columns["x"]),
+                )
+    return results
 
 
 def fit_image(
@@ -219,6 +232,8 @@ def fit_image(
         Parameters of the fit.
     forced_x, forced_y : `numpy.ndarray`, optional
         PARENT positions to fit along with every source in the image.
+        Positions off the image or not finite are not fit; they keep their
+        row (``off_image``, NaN fluxes; NaN ``x``, ``y`` when not finite).
     find_new : `bool`
         Find sources in the image (forced mode may turn this off).
     refine_forced : `float`
@@ -235,133 +250,81 @@ def fit_image(
     Raises
     ------
     InputError
-        For inputs that cannot be fit (see `prepare_weight` and
-        `~lsst.meas.crowdsource.engine.psf.check_psf_stamp`).
+        For inputs that cannot be fit (see `ImageData.from_arrays` and
+        `~lsst.meas.crowdsource.engine.psf.check_psf_stamp`), or forced
+        positions that are not two 1-D arrays of equal length.
     """
     log = log or _log
     params = params or FitParams()
     params.validate()
     t0 = time.perf_counter()
-    image, w, sat = prepare_weight(image, variance, weight, bad, saturated)
-    flag_planes = dict(flag_planes or {})
-    for name, plane in flag_planes.items():
-        if np.shape(plane) != image.shape:
-            raise InputError(
-                f"Mask plane {name!r} has shape {np.shape(plane)} but the image "
-                f"has shape {image.shape}."
-            )
-    x0, y0 = int(xy0[0]), int(xy0[1])
-    model_psf = _as_psf(psf, image.shape, (x0, y0), params.psf_order)
-
-    fx = fy = None
-    if forced_x is not None or forced_y is not None:
-        if forced_x is None or forced_y is None:
-            raise InputError("forced_x and forced_y must be given together.")
-        fx = np.asarray(forced_x, dtype=float) - x0
-        fy = np.asarray(forced_y, dtype=float) - y0
-        if fx.shape != fy.shape or fx.ndim != 1:
-            raise InputError("forced_x and forced_y must be 1-D arrays of equal length.")
-        if not (np.all(np.isfinite(fx)) and np.all(np.isfinite(fy))):
-            raise InputError("Forced positions must be finite.")
-
-    tiles = make_tiles(image.shape, params.tile_size, params.tile_overlap)
-    jobs = []
-    forced_home = None
-    if fx is not None:
-        forced_home = np.full(len(fx), -1)
-        for t in tiles:
-            forced_home[t.in_core(fx, fy)] = t.index
-    for t in tiles:
-        tfx = tfy = tidx = None
-        if fx is not None:
-            ox0, oy0, ox1, oy1 = t.outer
-            inside = (fx >= ox0 - 0.5) & (fx < ox1 - 0.5) & (fy >= oy0 - 0.5) & (fy < oy1 - 0.5)
-            tidx = np.nonzero(inside)[0]
-            tfx, tfy = fx[tidx], fy[tidx]
-        # Only the tile's pixels go into the job (views in this process; a
-        # worker process receives just those), so memory follows the tile.
-        sub = (slice(t.outer[1], t.outer[3]), slice(t.outer[0], t.outer[2]))
-        jobs.append(
-            (
-                t,
-                image[sub],
-                w[sub],
-                sat[sub],
-                model_psf,
-                params,
-                tfx,
-                tfy,
-                tidx,
-                find_new,
-                refine_forced,
-            )
-        )
+    data = ImageData.from_arrays(image, variance, weight, bad, saturated, flag_planes, xy0)
+    model_psf = _as_psf(psf, data, params.psf_order)
+    forced = _forced_positions(data, forced_x, forced_y)
+    tiles = make_tiles(data.shape, params.tile_size, params.tile_overlap)
+    home = None if forced is None else home_tiles(tiles, forced.x, forced.y)
+    settings = dict(psf=model_psf, params=params, find_new=find_new, refine_forced=refine_forced)
+    jobs = [_TileJob.make(t, data, forced, **settings) for t in tiles]
     log.info(
         "Fitting %dx%d image in %d tile(s)%s.",
-        image.shape[1],
-        image.shape[0],
+        data.shape[1],
+        data.shape[0],
         len(tiles),
         f" with {params.n_processes} processes" if params.n_processes > 1 else "",
     )
-    results: list[tuple[Tile, object]] = []
-    if params.n_processes > 1 and len(tiles) > 1:
-        with ProcessPoolExecutor(max_workers=params.n_processes) as pool:
-            for k, (tile, res) in enumerate(pool.map(_fit_one, jobs)):
-                results.append((tile, res))
-                log.info(
-                    "Finished %s(%d/%d): %d sources.",
-                    tile.label,
-                    k + 1,
-                    len(tiles),
-                    len(res.columns["x"]),
-                )
-    else:
-        for k, job in enumerate(jobs):
-            tile, res = _fit_one(job)
-            results.append((tile, res))
-            if len(tiles) > 1:
-                log.info(
-                    "Finished %s(%d/%d): %d sources.",
-                    tile.label,
-                    k + 1,
-                    len(tiles),
-                    len(res.columns["x"]),
-                )
-
-    columns, model, sky, psf_out, history = _stitch(
-        results, image.shape, forced_home, params.merge_radius
-    )
+    results = _fit_tiles(jobs, params.n_processes, log)
+    columns, model, sky, psf_out, history = _stitch(results, data.shape, home, params.merge_radius)
     column_info = dict(ENGINE_COLUMNS)
-    _add_pixel_flags(columns, column_info, flag_planes, psf_out)
-    if fx is not None:
-        # Forced positions off the image are not fit but keep their row.
-        off = np.nonzero(forced_home < 0)[0]
-        if off.size:
-            log.info("%d forced position(s) are off the image; their fluxes are NaN.", off.size)
-            rows = empty_columns()
-            for name, arr in rows.items():
-                fill = np.nan if arr.dtype.kind == "f" else (-1 if arr.dtype.kind == "i" else False)
-                rows[name] = np.full(off.size, fill, dtype=arr.dtype)
-            rows["x"], rows["y"] = fx[off], fy[off]
-            rows["forced_index"] = off.astype(np.int64)
-            rows["off_image"] = np.ones(off.size, bool)
-            for name in columns:
-                if name not in rows:
-                    rows[name] = np.zeros(off.size, dtype=columns[name].dtype)
-            columns = {k: np.concatenate([v, rows[k]]) for k, v in columns.items()}
-        # One row per input position, in input order.
-        order = np.argsort(
-            np.where(columns["forced_index"] >= 0, columns["forced_index"], np.iinfo(np.int64).max),
-            kind="stable",
-        )
-        columns = {k: v[order] for k, v in columns.items()}
-    for name in ("x", "y", "x_iso", "y_iso"):
-        columns[name] = columns[name] + (x0 if name.startswith("x") else y0)
+    _add_pixel_flags(columns, column_info, data.flags, psf_out)
+    if forced is not None:
+        columns = _one_row_per_forced_position(columns, forced, home, log)
+    columns["x"], columns["y"] = data.to_parent(columns["x"], columns["y"])
+    columns["x_iso"], columns["y_iso"] = data.to_parent(columns["x_iso"], columns["y_iso"])
     log.info("Fit %d sources in %.1f s.", len(columns["x"]), time.perf_counter() - t0)
-    return FitResult(columns, column_info, model + sky, sky, psf_out, history, (x0, y0), len(tiles))
+    return FitResult(columns, column_info, model + sky, sky, psf_out, history, data.xy0, len(tiles))
 
 
-def _stitch(results, shape, forced_home, merge_radius):
+def _one_row_per_forced_position(
+    columns: dict[str, np.ndarray],
+    forced: ForcedPositions,
+    home: np.ndarray,
+    log: logging.Logger,
+) -> dict[str, np.ndarray]:
+    """Rows for the forced positions no tile fit (off the image, non-finite), then input order.
+
+    Forced rows come first, ordered by ``forced_index``; the sources found
+    in the image follow in their stitched order.
+    """
+    off = np.nonzero(home < 0)[0]
+    if off.size:
+        log.info(
+            "%d forced position(s) are off the image or not finite; their fluxes are NaN.",
+            off.size,
+        )
+        x, y = forced.x[off], forced.y[off]
+        finite = np.isfinite(x) & np.isfinite(y)
+        columns = pad_rows(
+            columns,
+            off.size,
+            x=np.where(finite, x, np.nan),
+            y=np.where(finite, y, np.nan),
+            forced_index=forced.index[off],
+            off_image=np.ones(off.size, bool),
+        )
+    order = np.argsort(
+        np.where(columns["forced_index"] >= 0, columns["forced_index"], np.iinfo(np.int64).max),
+        kind="stable",
+    )
+    return {k: v[order] for k, v in columns.items()}
+
+
+def _stitch(
+    results: list[tuple[Tile, TileFit]],
+    shape: tuple[int, int],
+    forced_home: np.ndarray | None,
+    merge_radius: float,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, PixelPsf | TiledPsf, list[dict]]:
+    """One catalogue, model, sky and PSF from the tiles' fits (image array coordinates)."""
     tiles = [t for t, _ in results]
     fits = [r for _, r in results]
     model = np.zeros(shape)
@@ -391,7 +354,13 @@ def _stitch(results, shape, forced_home, merge_radius):
     return columns, model, sky, psf, history
 
 
-def _add_pixel_flags(columns, info, flag_planes, psf):
+def _add_pixel_flags(
+    columns: dict[str, np.ndarray],
+    info: dict[str, tuple[str, str, str]],
+    flag_planes: Mapping[str, np.ndarray],
+    psf: PixelPsf | TiledPsf,
+) -> None:
+    """Add ``mask_<plane>_any`` (PSF-core disc) and ``_center`` (3x3) per flag plane."""
     if not flag_planes:
         return
     x = columns["x"]

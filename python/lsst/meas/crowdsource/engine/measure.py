@@ -14,8 +14,12 @@ with its neighbours subtracted.  On that stamp we compute
 * the quality figures of crowdsource: ``qf`` (PSF-weighted fraction of
   unmasked pixels), ``rchi2`` (PSF-weighted mean chi^2 of the residual),
   ``fracflux`` (PSF-weighted fraction of the model light that is this
-  source's), the FWHM of the source from PSF-weighted second moments, and
-  SExtractor's ``spread_model`` with its uncertainty.
+  source's), the FWHM of the source from PSF-weighted second moments
+  (`source_fwhm`), and SExtractor's ``spread_model`` with its uncertainty.
+
+Also here: the usable fraction of a stamp before any fit
+(`usable_fraction`, which decides whether a forced position is fit) and the
+per-source pixel flags of the final pass (`stamp_flags`).
 """
 
 from __future__ import annotations
@@ -24,9 +28,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scene import StampGroup, gather
+from .image import PixelFrame
+from .psf import PixelPsf
+from .scene import StampGroup, gather, render_scene
 
-__all__ = ["StampMeasurements", "measure_sources"]
+__all__ = [
+    "StampMeasurements",
+    "measure_sources",
+    "source_fwhm",
+    "stamp_flags",
+    "usable_fraction",
+]
 
 
 @dataclass
@@ -157,18 +169,7 @@ def measure_sources(
             f_med = dot(P, D - np.nan_to_num(med)[:, None, None]) / dot(P, P)
             out.median_loss[i] = 1.0 - f_med / f_all
 
-        # FWHM from PSF-weighted second moments, deconvolving the weight.
-        s = g.size
-        off = np.arange(s) - s // 2
-        # Positions relative to the source's sub-pixel centre.
-        rx = off[None, None, :] - _subpixel(P, off, axis=2)[:, None, None]
-        ry = off[None, :, None] - _subpixel(P, off, axis=1)[:, None, None]
-        r2 = rx * rx + ry * ry
-        with np.errstate(invalid="ignore", divide="ignore"):
-            m_src = (P * D * good * r2).sum(axis=(1, 2)) / (P * D * good).sum(axis=(1, 2))
-            m_psf = (P * P * r2).sum(axis=(1, 2)) / (P * P).sum(axis=(1, 2))
-            inv_var = 2.0 / m_src - 1.0 / m_psf
-            out.fwhm[i] = np.where(inv_var > 0, 2.3548 / np.sqrt(inv_var), np.nan)
+        out.fwhm[i] = source_fwhm(P, D, good)
 
         # spread_model: how much better a slightly broadened PSF fits.
         if broad_groups is not None:
@@ -179,6 +180,91 @@ def measure_sources(
                 var = (dot(G, G) * bb**2 + dot(P, P) * a**2 - 2 * dot(G, P) * a * bb) / bb**4
                 out.spread_model_err[i] = np.sqrt(np.maximum(var, 0.0))
     return out
+
+
+def source_fwhm(P: np.ndarray, D: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """FWHM of each source from PSF-weighted second moments, the weighting deconvolved.
+
+    Not the FWHM of a stamp (`~lsst.meas.crowdsource.engine.psf.stamp_fwhm`):
+    the Gaussian-equivalent FWHM of the source itself, which for a point
+    source is that of the PSF.  With ``P`` as the weight, the weighted
+    second moment ``m`` of a Gaussian source of variance ``s^2`` under a
+    Gaussian PSF of variance ``p^2`` gives ``1/s^2 = 2/m - 1/p^2``.
+
+    Parameters
+    ----------
+    P : `numpy.ndarray`, shape (n, s, s)
+        PSF stamps at the sources' positions.
+    D : `numpy.ndarray`, shape (n, s, s)
+        Neighbour-subtracted data stamps.
+    good : `numpy.ndarray` [`bool`], shape (n, s, s)
+        Usable pixels.
+
+    Returns
+    -------
+    fwhm : `numpy.ndarray`
+        NaN where the moments give no positive inverse variance.
+    """
+    s = P.shape[-1]
+    off = np.arange(s) - s // 2
+    # Positions relative to the source's sub-pixel centre.
+    rx = off[None, None, :] - _subpixel(P, off, axis=2)[:, None, None]
+    ry = off[None, :, None] - _subpixel(P, off, axis=1)[:, None, None]
+    r2 = rx * rx + ry * ry
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m_src = (P * D * good * r2).sum(axis=(1, 2)) / (P * D * good).sum(axis=(1, 2))
+        m_psf = (P * P * r2).sum(axis=(1, 2)) / (P * P).sum(axis=(1, 2))
+        inv_var = 2.0 / m_src - 1.0 / m_psf
+        return np.where(inv_var > 0, 2.3548 / np.sqrt(inv_var), np.nan)
+
+
+def usable_fraction(
+    x: np.ndarray,
+    y: np.ndarray,
+    psf: PixelPsf,
+    size: int,
+    weight: np.ndarray,
+    frame: PixelFrame,
+    chunk: int = 4096,
+) -> np.ndarray:
+    """PSF-weighted fraction of usable pixels (weight > 0, on the image) in a stamp.
+
+    The ``qf`` of positions before any fit: stamps of ``size`` at
+    ``(x, y)`` (array coordinates; the PSF is evaluated at
+    ``frame.to_parent(x, y)``), rendered ``chunk`` positions at a time.
+    0 where the PSF sums to 0.
+    """
+    out = np.zeros(len(x))
+    for s in range(0, len(x), chunk):
+        sl = slice(s, s + chunk)
+        g = render_scene(
+            x[sl], y[sl], np.zeros(len(x[sl]), int), [size], psf, weight.shape, False, frame
+        )[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[sl] = (g.psf * (gather(weight, g) > 0)).sum(axis=(1, 2)) / g.psf.sum(axis=(1, 2))
+    return np.nan_to_num(out)
+
+
+def stamp_flags(
+    groups: list[StampGroup], n_src: int, saturated: np.ndarray, fwhm: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per source: whether its PSF core runs off the image, and whether its centre is saturated.
+
+    The core is the central ``2 ceil(fwhm) + 1`` pixels of the stamp (at
+    most the stamp).
+
+    Returns
+    -------
+    edge, saturated_center : `numpy.ndarray` [`bool`]
+    """
+    edge = np.zeros(n_src, dtype=bool)
+    sat_center = np.zeros(n_src, dtype=bool)
+    for g in groups:
+        c = g.size // 2
+        h = min(c, int(np.ceil(fwhm)))
+        edge[g.index] = (g.pix[:, c - h : c + h + 1, c - h : c + h + 1] < 0).any(axis=(1, 2))
+        sat_center[g.index] = gather(saturated.astype(float), g)[:, c, c] > 0
+    return edge, sat_center
 
 
 def _subpixel(P: np.ndarray, off: np.ndarray, axis: int) -> np.ndarray:

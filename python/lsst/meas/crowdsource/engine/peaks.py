@@ -88,6 +88,18 @@ class Peaks:
     def __len__(self) -> int:
         return len(self.x)
 
+    def concatenate(self, other: Peaks) -> Peaks:
+        """These candidates followed by ``other``'s."""
+        return Peaks(
+            *(
+                np.concatenate([a, b])
+                for a, b in zip(
+                    (self.x, self.y, self.flux, self.significance),
+                    (other.x, other.y, other.flux, other.significance),
+                )
+            )
+        )
+
 
 def saturated_cores(saturated: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Centre, core radius and size of each connected saturated region.

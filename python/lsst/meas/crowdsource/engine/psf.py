@@ -30,6 +30,8 @@ __all__ = [
     "central_crop",
     "psf_from_callable",
     "check_psf_stamp",
+    "odd_size",
+    "stamp_fwhm",
 ]
 
 
@@ -61,6 +63,12 @@ def central_crop(stamps: np.ndarray, size: int) -> np.ndarray:
         return np.pad(stamps, widths)
     lo = (full - size) // 2
     return stamps[..., lo : lo + size, lo : lo + size]
+
+
+def odd_size(v: float) -> int:
+    """The smallest odd integer not below ``v`` (stamp sizes have a central pixel)."""
+    n = int(np.ceil(v))
+    return n if n % 2 == 1 else n + 1
 
 
 def _radius_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -205,9 +213,27 @@ class PixelPsf:
         """Copy with a different variable-core size (no resampling)."""
         return PixelPsf(self.coeffs.copy(), self.order, self.center, self.scale, core)
 
+    def broadened(self, fwhm: float) -> PixelPsf:
+        """The PSF convolved with a small Gaussian (``spread_model``'s galaxy model).
+
+        The Gaussian has a quarter of ``fwhm`` (at least 0.3 px) as its FWHM.
+        """
+        from scipy import signal
+
+        kern = gaussian_stamp(odd_size(2 * fwhm + 1), max(fwhm / 4.0, 0.3))
+        coeffs = np.array([signal.fftconvolve(c, kern, mode="same") for c in self.coeffs])
+        return PixelPsf(coeffs, self.order, self.center, self.scale, self.core)
+
 
 def stamp_fwhm(stamp: np.ndarray) -> float:
-    """FWHM of a (roughly round) stamp: diameter of a disc with the half-max area."""
+    """FWHM of a (roughly round) stamp: diameter of a disc with the half-max area.
+
+    The engine's one measurement of the FWHM of a stamp (`PixelPsf.fwhm`,
+    the starting PSF, the Moffat wing fit).  Pixels count towards the area
+    fractionally, linearly from 0 at 0.45 to 1 at 0.55 of the peak, so the
+    estimate varies smoothly with the profile; NaN when the peak is not
+    positive.
+    """
     peak = stamp.max()
     if not peak > 0:
         return float("nan")

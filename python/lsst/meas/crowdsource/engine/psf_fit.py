@@ -5,30 +5,57 @@ pixel grid with the same Lanczos kernel that renders the model, and
 normalised by their fitted flux.  A polynomial in position is then fit to
 every pixel of the core stamp with outlier rejection (order 0 is the
 seed's median stamp).  The core is extended to the large stamp with a
-Moffat profile fit to it, blended over the outer few pixels of the core,
-so that bright stars are modelled out to their far wings.
+measured wing profile of the bright stars, or a Moffat profile fit to the
+core, blended over the outer few pixels of the core, so that bright stars
+are modelled out to their far wings.
+
+`refit_psf` is the pass loop's PSF step: it selects the PSF stars among
+the sources with the seed's cuts, corrects each for its local sky and
+fits the new PSF (`fit_psf`).  `TilePsf` is the PSF a tile's fit is using,
+with the stamp and core sizes derived from its FWHM; `initial_psf` is the
+start when the caller gives no PSF.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import optimize
 
+from .image import PixelFrame
 from .interpolation import shift_stamps
+from .params import FitParams
 from .psf import (
     PixelPsf,
     central_crop,
     moffat_stamp,
     n_poly_terms,
     normalise_coeffs,
+    odd_size,
     polynomial_terms,
     stamp_fwhm,
 )
+from .scene import gather, render_scene, resolve_stamp_sizes
 
-__all__ = ["fit_psf", "initial_psf", "fit_moffat", "extend_with_wings"]
+if TYPE_CHECKING:
+    from .measure import StampMeasurements
+    from .sources import Sources
+
+__all__ = [
+    "TilePsf",
+    "core_size",
+    "extend_with_wings",
+    "fit_moffat",
+    "fit_psf",
+    "initial_psf",
+    "local_sky",
+    "refit_psf",
+    "wing_profile",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -222,7 +249,7 @@ def initial_psf(
     With ``fwhm > 0`` that FWHM is used instead of a measurement.
     """
     if fwhm <= 0:
-        fwhm = _measure_fwhm(image, weight, saturated)
+        fwhm = _bright_star_fwhm(image, weight, saturated)
         if not np.isfinite(fwhm):
             fwhm = 3.0
             _log.warning(
@@ -232,7 +259,14 @@ def initial_psf(
     return PixelPsf(moffat_stamp(large, fwhm, beta=3.0)[None], order=0)
 
 
-def _measure_fwhm(image, weight, saturated, half=7, n_max=100) -> float:
+def _bright_star_fwhm(
+    image: np.ndarray, weight: np.ndarray, saturated: np.ndarray, half: int = 7, n_max: int = 100
+) -> float:
+    """`stamp_fwhm` of the median peak-normalised stamp of the brightest isolated peaks.
+
+    Peaks above S/N 20 with no unusable pixel within ``half``; NaN when
+    there are none (or fewer than 100 usable pixels).
+    """
     from scipy import ndimage
 
     good = (weight > 0) & ~saturated
@@ -381,3 +415,289 @@ def _masked_lstsq(
     ridge = 1e-10 * np.trace(ata, axis1=1, axis2=2)[:, None, None] * np.eye(terms.shape[1])
     sol = np.linalg.solve(ata + ridge, atb[..., None])[..., 0]
     return sol.T
+
+
+def core_size(requested: int, fwhm: float, psf_size: int) -> int:
+    """Size of the PSF core that varies over the field and is refit.
+
+    ``requested`` is ``FitParams.psf_core_size``; 0 derives it from the
+    FWHM (~2.5 FWHM in radius, at least 19 px).  Never larger than the PSF.
+    """
+    core = requested or max(odd_size(2 * 2.5 * fwhm + 1), 19)
+    return min(core, psf_size)
+
+
+@dataclass
+class TilePsf:
+    """The PSF a tile's fit is using, and the stamp sizes derived from its FWHM.
+
+    Stamp and core sizes follow the FWHM they were derived from
+    (``sized_for``); a refit PSF whose FWHM differs from it by more than
+    10% re-derives them (sizes from a poor starting PSF would stay wrong: a
+    5 px start on a 3.5 px field kept a 27 px core and came out 5% bright).
+
+    Attributes
+    ----------
+    model : `PixelPsf`
+        The PSF, at least as large as the largest stamp.
+    fwhm : `float`
+        Its FWHM (3 px when it cannot be measured).
+    sizes : `list` [`int`]
+        Stamp sizes, ascending (`resolve_stamp_sizes`).
+    core : `int`
+        Size of the core that is refit (`core_size`).
+    sized_for : `float`
+        The FWHM ``sizes`` and ``core`` were derived from.
+    n_stars : `int`
+        Stars used by the last refit (0 before any).
+    """
+
+    model: PixelPsf
+    fwhm: float
+    sizes: list[int]
+    core: int
+    sized_for: float
+    n_stars: int = 0
+
+    @classmethod
+    def start(
+        cls,
+        psf: PixelPsf | None,
+        params: FitParams,
+        image: np.ndarray,
+        weight: np.ndarray,
+        saturated: np.ndarray,
+    ) -> TilePsf:
+        """The starting PSF: ``psf``, or a Moffat of the image's FWHM when `None`."""
+        large = max(params.stamp_sizes) if max(params.stamp_sizes) > 0 else 59
+        if psf is None:
+            psf = initial_psf(image, weight, saturated, large, params.initial_fwhm)
+        fwhm = psf.fwhm()
+        if not np.isfinite(fwhm) or fwhm <= 0:
+            fwhm = 3.0
+        state = cls(psf, fwhm, [], 0, fwhm)
+        state._size_for(fwhm, params)
+        return state
+
+    def _size_for(self, fwhm: float, params: FitParams) -> None:
+        self.sizes = resolve_stamp_sizes(params.stamp_sizes, fwhm)
+        large = max(self.sizes)
+        if self.model.size < large:
+            m = self.model
+            self.model = PixelPsf(
+                extend_with_wings(m.coeffs, large), m.order, m.center, m.scale, m.core
+            )
+        self.core = core_size(params.psf_core_size, fwhm, self.model.size)
+        self.sized_for = fwhm
+
+    def kernel(self) -> np.ndarray:
+        """The matched filter's PSF stamp: at the model centre, the second stamp size."""
+        size = self.sizes[1] if len(self.sizes) > 1 else self.sizes[0]
+        return self.model.stamp(*self.model.center, size=size)
+
+    def accepts(self, fwhm: float) -> bool:
+        """Whether a refit PSF of this FWHM is plausible (within a factor 2)."""
+        return 0.5 * self.fwhm < fwhm < 2.0 * self.fwhm
+
+    def adopt(self, new: PixelPsf, fwhm: float, params: FitParams) -> None:
+        """Use ``new`` (of FWHM ``fwhm``) from now on, resizing the stamps if needed."""
+        self.model, self.fwhm = new, fwhm
+        if abs(self.fwhm / self.sized_for - 1) > 0.1:
+            self._size_for(self.fwhm, params)
+
+
+def _psf_star_candidates(
+    src: Sources,
+    meas: StampMeasurements,
+    snr: np.ndarray,
+    params: FitParams,
+    core: int,
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """Indices of the sources that pass the seed's PSF-star cuts, brightest kept."""
+    with np.errstate(invalid="ignore"):
+        ok = (
+            (snr > params.psf_min_snr)
+            & (meas.qf > 0.999)
+            & (np.hypot(meas.shift_x, meas.shift_y) < params.psf_max_shift)
+            & (meas.fracflux > params.psf_min_fracflux)
+            & (meas.median_loss < params.psf_max_median_loss)
+            & (src.flux > 0)
+        )
+    ny, nx = shape
+    h = core // 2
+    ok &= (src.x >= h) & (src.x < nx - 1 - h) & (src.y >= h) & (src.y < ny - 1 - h)
+    idx = np.nonzero(ok)[0]
+    if idx.size > params.psf_max_stars:
+        idx = idx[np.argsort(-snr[idx])[: params.psf_max_stars]]
+    return idx
+
+
+def _bright_star_profile(
+    src: Sources,
+    idx: np.ndarray,
+    sel: np.ndarray,
+    snr: np.ndarray,
+    offsets: tuple[np.ndarray, np.ndarray],
+    sky: np.ndarray,
+    resid: np.ndarray,
+    weight: np.ndarray,
+    psf: PixelPsf,
+    params: FitParams,
+    core: int,
+    frame: PixelFrame,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """`wing_profile` of the (up to 200) brightest PSF stars on the large stamp.
+
+    `None` when the PSF has no wing beyond the core or fewer than 10 stars
+    are bright enough (``params.psf_wing_min_snr``).
+    """
+    if psf.size <= core:
+        return None
+    dx, dy = offsets
+    bright = np.nonzero(sel & (snr[idx] > params.psf_wing_min_snr))[0]
+    bright = bright[np.argsort(-snr[idx][bright])][:200]
+    if bright.size < 10:
+        return None
+    b = idx[bright]
+    big = render_scene(
+        src.x[b], src.y[b], np.zeros(b.size, int), [psf.size], psf, resid.shape, False, frame
+    )[0]
+    big_stamps = gather(resid, big) + src.flux[b, None, None] * big.psf - sky[bright, None, None]
+    usable = big.valid & (gather(weight, big) > 0)
+    return wing_profile(big_stamps, usable, dx[bright], dy[bright], src.flux[b], core // 2 - 3)
+
+
+def refit_psf(
+    src: Sources,
+    meas: StampMeasurements,
+    snr: np.ndarray,
+    resid: np.ndarray,
+    weight: np.ndarray,
+    psf: PixelPsf,
+    params: FitParams,
+    core: int,
+    frame: PixelFrame,
+    bbox: tuple[float, float, float, float],
+) -> tuple[PixelPsf | None, int]:
+    """Select PSF stars with the seed's cuts and fit a new PSF.
+
+    Forced sources qualify too: a reference list (an object table) often
+    holds every bright star, and leaving them out left no PSF star at all
+    (0 instead of 18 on a 160x192 px, 0.01 stars/px field with every
+    S/N > 20 star forced), so forced mode never refit the PSF.  Their
+    stamps are aligned on the measured offsets like any other, and a wrong
+    reference position fails the ``psf_max_shift`` cut.
+
+    Parameters
+    ----------
+    src : `Sources`
+        The sources, with the fit of this pass.
+    meas : `StampMeasurements`
+        Their measurements on neighbour-subtracted stamps.
+    snr : `numpy.ndarray`
+        Their S/N.
+    resid : `numpy.ndarray`
+        Image minus sky minus the model of every source.
+    weight : `numpy.ndarray`
+        Inverse variance.
+    psf : `PixelPsf`
+        The PSF in use.
+    params : `FitParams`
+        The PSF-star cuts and the polynomial order.
+    core : `int`
+        Size of the core to refit.
+    frame : `PixelFrame`
+        Where the array sits in the PSF model's frame.
+    bbox : `tuple`
+        ``(x_min, y_min, x_max, y_max)`` (PSF frame) the polynomial is
+        normalised to.
+
+    Returns
+    -------
+    psf : `PixelPsf` or `None`
+        The new PSF (`None`: too few stars, keep the old one).
+    n_stars : `int`
+        Number of stars used (or found, when too few).
+    """
+    idx = _psf_star_candidates(src, meas, snr, params, core, resid.shape)
+    if idx.size < params.psf_min_stars:
+        return None, int(idx.size)
+    xs, ys = src.x[idx], src.y[idx]
+    groups = render_scene(xs, ys, np.zeros(idx.size, int), [core], psf, resid.shape, True, frame)
+    g = groups[0]
+    own = (
+        src.flux[idx, None, None] * g.psf
+        + src.gx[idx, None, None] * g.dpsf_dx
+        + src.gy[idx, None, None] * g.dpsf_dy
+    )
+    stamps = gather(resid, g) + own
+    wst = gather(weight, g)
+    full = (wst > 0).all(axis=(1, 2))
+    if full.sum() < params.psf_min_stars:
+        return None, int(full.sum())
+    # The star sits at its isolated-fit position relative to the stamp centre.
+    dx = (xs - np.round(xs)) + np.nan_to_num(meas.shift_x[idx])
+    dy = (ys - np.round(ys)) + np.nan_to_num(meas.shift_y[idx])
+    sel = full
+    # Each star's own local sky, from the median of its neighbour-subtracted
+    # light in an outer annulus of the large stamp, where the PSF itself is
+    # faint.  This removes the sky's response to bright stars' wings, which
+    # would otherwise eat the wings of the new PSF pass after pass.
+    sky = local_sky(xs, ys, src.flux[idx], resid, weight, psf)
+    stamps = stamps - sky[:, None, None]
+    profile = _bright_star_profile(
+        src, idx, sel, snr, (dx, dy), sky, resid, weight, psf, params, core, frame
+    )
+    px, py = frame.to_parent(xs[sel], ys[sel])
+    return fit_psf(
+        stamps[sel],
+        dx[sel],
+        dy[sel],
+        px,
+        py,
+        src.flux[idx][sel],
+        psf,
+        params.psf_order,
+        core,
+        params.psf_min_stars,
+        bbox,
+        profile,
+        snr[idx][sel],
+        params.psf_snr_floor,
+    )
+
+
+def local_sky(
+    x: np.ndarray,
+    y: np.ndarray,
+    flux: np.ndarray,
+    resid: np.ndarray,
+    weight: np.ndarray,
+    psf: PixelPsf,
+    width: int = 5,
+) -> np.ndarray:
+    """Median neighbour-subtracted level in the outer annulus of each star's large stamp.
+
+    The annulus is the outer ``width`` pixels (in radius) of the PSF's
+    full stamp.  The star's own light there (from the constant PSF, no
+    sub-pixel shift: it is tiny) is added back to the residual before
+    taking the median; a star with no usable pixel there gets 0.
+    """
+    size = psf.size
+    c = size // 2
+    yy, xx = np.mgrid[0:size, 0:size] - c
+    r = np.hypot(xx, yy)
+    ring = (r >= c - width) & (r <= c)
+    dy, dx = yy[ring], xx[ring]
+    own = psf.stamp(*psf.center)[ring]
+    ny, nx = resid.shape
+    iy = np.round(y).astype(np.int64)[:, None] + dy[None]
+    ix = np.round(x).astype(np.int64)[:, None] + dx[None]
+    inside = (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
+    iyc, ixc = np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)
+    usable = inside & (weight[iyc, ixc] > 0)
+    vals = np.where(usable, resid[iyc, ixc] + flux[:, None] * own[None], np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # stars with no usable ring
+        return np.nan_to_num(np.nanmedian(vals, axis=1))

@@ -1,9 +1,15 @@
-"""Serialising the final PSF to plain data (dicts of lists) and back."""
+"""Serialising the final PSF to plain data (dicts of lists) and back.
+
+`psf_to_dict` writes a fitted `PixelPsf` or `TiledPsf` with the PARENT
+position of the image's pixel ``[0, 0]``; `psf_from_dict` reads it back as
+a `ParentFramePsf`, which evaluates the model at PARENT positions.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from .image import PixelFrame
 from .psf import PixelPsf
 from .tiling import Tile, TiledPsf
 
@@ -44,20 +50,34 @@ def psf_to_dict(psf: PixelPsf | TiledPsf, xy0: tuple[int, int] = (0, 0)) -> dict
 
 
 class ParentFramePsf:
-    """A fitted PSF evaluated at PARENT pixel positions."""
+    """A fitted PSF (array coordinates) evaluated at PARENT pixel positions.
+
+    Parameters
+    ----------
+    model : `PixelPsf` or `TiledPsf`
+        The PSF in the array coordinates of the fitted image.
+    xy0 : `tuple` [`int`, `int`]
+        PARENT position of the image's pixel ``[0, 0]``.
+    """
 
     def __init__(self, model: PixelPsf | TiledPsf, xy0: tuple[int, int]):
         self.model = model
-        self.xy0 = (int(xy0[0]), int(xy0[1]))
+        self.frame = PixelFrame(int(xy0[0]), int(xy0[1]))
+
+    @property
+    def xy0(self) -> tuple[int, int]:
+        """PARENT position of the image's pixel ``[0, 0]``."""
+        return (self.frame.x0, self.frame.y0)
 
     def stamp(self, x: float, y: float, size: int | None = None) -> np.ndarray:
         """Unit-sum PSF at PARENT ``(x, y)``, centred on the stamp's middle pixel."""
-        return self.model.stamp(x - self.xy0[0], y - self.xy0[1], size)
+        return self.model.stamp(*self.frame.to_array(x, y), size)
 
     def fwhm(self, x: float | None = None, y: float | None = None) -> float:
+        """FWHM at PARENT ``(x, y)`` (`stamp_fwhm`); at the model centre when not given."""
         if x is None:
             return self.model.fwhm()
-        return self.model.fwhm(x - self.xy0[0], y - self.xy0[1])
+        return self.model.fwhm(*self.frame.to_array(x, y))
 
 
 def psf_from_dict(d: dict) -> ParentFramePsf:

@@ -11,9 +11,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .psf import PixelPsf
+from .image import PixelFrame
+from .psf import PixelPsf, odd_size
 
-__all__ = ["StampGroup", "render_scene", "choose_stamp_sizes", "scene_image", "gather"]
+__all__ = [
+    "StampGroup",
+    "render_scene",
+    "resolve_stamp_sizes",
+    "choose_stamp_sizes",
+    "scene_image",
+    "wing_image",
+    "gather",
+]
 
 
 @dataclass
@@ -44,6 +53,22 @@ class StampGroup:
     @property
     def valid(self) -> np.ndarray:
         return self.pix >= 0
+
+
+def resolve_stamp_sizes(requested: tuple[int, ...], fwhm: float) -> list[int]:
+    """Stamp sizes (small, core, ..., large), ascending, for a PSF of this FWHM.
+
+    Each 0 in ``requested`` (``FitParams.stamp_sizes``) is derived from the
+    FWHM: the first ~1.5 FWHM in radius, the others ~2.5 FWHM (at least 15).
+    """
+    defaults = [odd_size(2 * 1.5 * fwhm + 1), max(odd_size(2 * 2.5 * fwhm + 1), 15)]
+    sizes = []
+    for k, s in enumerate(requested):
+        if s == 0:
+            s = defaults[min(k, len(defaults) - 1)]
+        sizes.append(int(s))
+    sizes = sorted(set(sizes))
+    return sizes
 
 
 def choose_stamp_sizes(
@@ -80,14 +105,16 @@ def render_scene(
     psf: PixelPsf,
     shape: tuple[int, int],
     derivatives: bool,
-    origin: tuple[int, int] = (0, 0),
+    frame: PixelFrame | None = None,
 ) -> list[StampGroup]:
     """Render the PSF of every source, grouped by stamp size.
 
     Positions are in the pixel coordinates of the array of ``shape``
     (column ``x``, row ``y``, pixel centres at integers); the PSF model is
-    evaluated at ``(x + origin[0], y + origin[1])``.
+    evaluated at ``frame.to_parent(x, y)``, the positions in the frame the
+    model was built for (by default the array's own).
     """
+    frame = PixelFrame() if frame is None else frame
     ny, nx = shape
     groups = []
     for k, s in enumerate(sizes):
@@ -95,7 +122,7 @@ def render_scene(
         if idx.size == 0:
             continue
         xs, ys = x[idx], y[idx]
-        rendered = psf.render(xs + origin[0], ys + origin[1], s, derivatives=derivatives)
+        rendered = psf.render(*frame.to_parent(xs, ys), s, derivatives=derivatives)
         if derivatives:
             p, ddx, ddy = rendered
         else:

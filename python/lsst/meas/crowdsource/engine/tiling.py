@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 
 from .psf import PixelPsf
 
-__all__ = ["Tile", "make_tiles", "TiledPsf", "select_tile_sources"]
+__all__ = ["Tile", "make_tiles", "home_tiles", "TiledPsf", "select_tile_sources"]
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,19 @@ class Tile:
 
     def in_core(self, x: np.ndarray, y: np.ndarray, pad: float = 0.0) -> np.ndarray:
         """Positions (array coordinates) inside the core, grown by ``pad``."""
-        x0, y0, x1, y1 = self.core
-        return (
-            (x >= x0 - 0.5 - pad)
-            & (x < x1 - 0.5 + pad)
-            & (y >= y0 - 0.5 - pad)
-            & (y < y1 - 0.5 + pad)
-        )
+        return _inside(self.core, x, y, pad)
+
+    def in_outer(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Positions (array coordinates) inside the fitted region."""
+        return _inside(self.outer, x, y, 0.0)
+
+
+def _inside(box: tuple[int, int, int, int], x: np.ndarray, y: np.ndarray, pad: float):
+    """Positions whose pixel is in the half-open ``box``, grown by ``pad``; NaN is outside."""
+    x0, y0, x1, y1 = box
+    return (
+        (x >= x0 - 0.5 - pad) & (x < x1 - 0.5 + pad) & (y >= y0 - 0.5 - pad) & (y < y1 - 0.5 + pad)
+    )
 
 
 def make_tiles(shape: tuple[int, int], size: int, overlap: int) -> list[Tile]:
@@ -68,6 +74,17 @@ def make_tiles(shape: tuple[int, int], size: int, overlap: int) -> list[Tile]:
             )
             tiles.append(Tile(len(tiles), core, outer))
     return tiles
+
+
+def home_tiles(tiles: list[Tile], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """For each position (array coordinates), the tile whose core holds it; -1 for none.
+
+    Positions off the image, and non-finite ones, have no home tile.
+    """
+    home = np.full(len(x), -1)
+    for t in tiles:
+        home[t.in_core(x, y)] = t.index
+    return home
 
 
 class TiledPsf:
