@@ -495,6 +495,40 @@ def test_forced_positions_keep_order_and_off_image_rows(small_field):
     assert np.isnan(c["flux"][5:7]).all() and np.isfinite(c["flux"][:5]).all()
 
 
+def test_non_finite_forced_positions_get_the_off_image_row(small_field):
+    """A forced position without a finite coordinate is not fit: its row is the
+    one a position far off the image gets, with x and y NaN, and the other
+    rows do not change."""
+    f = small_field
+    t = f.truth
+    x, y = np.asarray(t["x"]), np.asarray(t["y"])
+    inside = (x > 0) & (x < 95) & (y > 0) & (y < 95)
+    fx = np.concatenate([x[inside][:4], [np.nan, 30.0, np.inf, np.nan]]) + 10
+    fy = np.concatenate([y[inside][:4], [40.0, np.nan, 50.0, -np.inf]]) + 20
+    far = ~(np.isfinite(fx) & np.isfinite(fy))
+    kw = dict(psf=f.psf_stamp, xy0=(10, 20), params=FitParams(refit_psf=False))
+    res = fit_image(f.image, f.variance, forced_x=fx, forced_y=fy, **kw)
+    ref = fit_image(
+        f.image,
+        f.variance,
+        forced_x=np.where(far, -1e6, fx),
+        forced_y=np.where(far, -1e6, fy),
+        **kw,
+    )
+    c, r = res.columns, ref.columns
+    assert list(c) == list(r) and len(res) == len(ref)
+    np.testing.assert_array_equal(c["forced_index"][: len(fx)], np.arange(len(fx)))
+    assert np.isnan(c["x"][: len(fx)][far]).all() and np.isnan(c["y"][: len(fx)][far]).all()
+    assert c["off_image"][: len(fx)][far].all() and not c["off_image"][: len(fx)][~far].any()
+    assert np.isnan(c["flux"][: len(fx)][far]).all()
+    assert np.isfinite(c["flux"][: len(fx)][~far]).all()
+    for name in c:
+        a, b = c[name], r[name]
+        if name in ("x", "y"):
+            a, b = np.delete(a, np.nonzero(far)[0]), np.delete(b, np.nonzero(far)[0])
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 def test_bright_star_touching_a_bad_column_is_found():
     f = simulate_field(
         (64, 64),

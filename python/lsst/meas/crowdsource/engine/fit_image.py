@@ -117,8 +117,6 @@ def _forced_positions(
     fx, fy = data.to_array(np.asarray(forced_x, dtype=float), np.asarray(forced_y, dtype=float))
     if fx.shape != fy.shape or fx.ndim != 1:
         raise InputError("forced_x and forced_y must be 1-D arrays of equal length.")
-    if not (np.all(np.isfinite(fx)) and np.all(np.isfinite(fy))):
-        raise InputError("Forced positions must be finite.")
     return ForcedPositions(fx, fy, np.arange(len(fx)))
 
 
