@@ -391,12 +391,13 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
                 int((~finite).sum()),
             )
         n = len(x)
-        # Positions without a finite value go far off the image, so that the
-        # engine gives them its off-image rows; coincident ones are fit once.
-        far = float(min(x0, y0)) - 1e6
-        fx = np.where(finite, x, far)
-        fy = np.where(finite, y, far)
-        key = np.round(np.column_stack([fx, fy]) / DUPLICATE_TOLERANCE)
+        # Positions go to the engine as they are: a non-finite one gets its
+        # off-image row.  Coincident positions are fit once, and so are all the
+        # non-finite ones (they share the key (0, 0, 0)).
+        fx, fy = x, y
+        with np.errstate(invalid="ignore"):
+            cells = np.round(np.column_stack([x, y]) / DUPLICATE_TOLERANCE)
+        key = np.column_stack([finite, np.where(finite[:, None], cells, 0.0)])
         _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
         inverse = np.asarray(inverse).ravel()
         order = np.argsort(first)  # unique positions in first-occurrence order
