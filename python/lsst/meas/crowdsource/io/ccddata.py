@@ -131,7 +131,7 @@ class BitMaskCCDData(CCDData):
     Arithmetic methods (``add``, ``multiply``, ...) combine masks with a
     bitwise OR (rather than CCDData's logical OR); as in astropy they do
     not carry ``meta`` over unless ``handle_meta`` is given.  astropy's own
-    ``CCDData.write`` stores masks as ``uint8``; use `write_calexp_fits`.
+    ``CCDData.write`` stores masks as ``uint8``; use `.calexp_fits.write_calexp_fits`.
     """
 
     @property
