@@ -220,20 +220,8 @@ def solve_scene(
     b = A.T @ (sqrt_w * data.ravel())
     H = (A.T @ A).tocsr()
     del A
-    diag = H.diagonal()
-    if derivatives and ridge > 0 and n_src:
-        dcols = np.concatenate([col_of_src + 1, col_of_src + 2])
-        bump = np.zeros(ntot)
-        bump[dcols] = ridge * np.maximum(diag[dcols], 1e-300)
-        H = (H + sp.diags(bump)).tocsr()
-    # Unconstrained columns (source entirely on zero-weight pixels) get a
-    # unit diagonal so that the system stays positive definite.
-    dead = ~(H.diagonal() > 0)
-    if dead.any():
-        fix = np.zeros(ntot)
-        fix[dead] = 1.0
-        H = (H + sp.diags(fix)).tocsr()
-        b[dead] = 0.0
+    ridged = col_of_src if derivatives and ridge > 0 and n_src else None
+    H, dead = _regularise(H, b, ridged, ridge)
 
     block_inv = _block_inverse(H, col_of_src, ncomp) if n_src else np.zeros((0, ncomp, ncomp))
     x0 = np.zeros(ntot)
@@ -241,17 +229,8 @@ def solve_scene(
     if derivatives and gx0 is not None:
         x0[col_of_src + 1] = gx0
         x0[col_of_src + 2] = gy0
-    sol = None
+    sol = _solve_direct(H, b) if solver == "direct" else None
     iterations, converged = 0, True
-    if solver == "direct":
-        try:
-            # Minimum-degree ordering of H + H^T suits these 2-D neighbour
-            # graphs: the factor has about twice the non-zeros of H.
-            sol = splu(H.tocsc(), permc_spec="MMD_AT_PLUS_A").solve(b)
-            if not np.all(np.isfinite(sol)):
-                sol = None
-        except RuntimeError as err:  # exactly singular
-            _log.debug("Direct solve failed (%s); using conjugate gradients.", err)
     if sol is None:
         sol, iterations, converged = _solve_cg(
             H, b, x0, block_inv, col_of_src, ncomp, nsrc_cols, ntot, rtol, maxiter
@@ -266,6 +245,45 @@ def solve_scene(
     else:
         var = np.zeros(0)
     return LinearFit(flux, gx, gy, sky_terms, np.sqrt(var), block_inv, iterations, converged)
+
+
+def _regularise(
+    H: sp.csr_matrix, b: np.ndarray, ridged: np.ndarray | None, ridge: float
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Damp the derivative terms and pin unconstrained columns; ``b`` is zeroed there.
+
+    ``ridged``: the flux columns whose two derivative columns (the next
+    two) get ``ridge`` times their diagonal added (`None`: no ridge).
+    Unconstrained columns (a source entirely on zero-weight pixels) get a
+    unit diagonal so that the system stays positive definite; they are
+    returned as ``dead``.
+    """
+    ntot = H.shape[0]
+    diag = H.diagonal()
+    if ridged is not None:
+        dcols = np.concatenate([ridged + 1, ridged + 2])
+        bump = np.zeros(ntot)
+        bump[dcols] = ridge * np.maximum(diag[dcols], 1e-300)
+        H = (H + sp.diags(bump)).tocsr()
+    dead = ~(H.diagonal() > 0)
+    if dead.any():
+        fix = np.zeros(ntot)
+        fix[dead] = 1.0
+        H = (H + sp.diags(fix)).tocsr()
+        b[dead] = 0.0
+    return H, dead
+
+
+def _solve_direct(H: sp.csr_matrix, b: np.ndarray) -> np.ndarray | None:
+    """Sparse LU solution of ``H x = b``; `None` when singular or not finite."""
+    try:
+        # Minimum-degree ordering of H + H^T suits these 2-D neighbour
+        # graphs: the factor has about twice the non-zeros of H.
+        sol = splu(H.tocsc(), permc_spec="MMD_AT_PLUS_A").solve(b)
+    except RuntimeError as err:  # exactly singular
+        _log.debug("Direct solve failed (%s); using conjugate gradients.", err)
+        return None
+    return sol if np.all(np.isfinite(sol)) else None
 
 
 def _solve_cg(H, b, x0, block_inv, col_of_src, ncomp, nsrc_cols, ntot, rtol, maxiter):

@@ -78,6 +78,120 @@ def _solve_small(mat: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return sol, inv
 
 
+@dataclass
+class _Stamps:
+    """One stamp group cut out of the images, with the sources' own model added back.
+
+    ``D`` is the neighbour-subtracted data (residual plus the source's own
+    model), ``W`` the weight, ``good`` the usable pixels.
+    """
+
+    P: np.ndarray
+    dpsf_dx: np.ndarray | None
+    dpsf_dy: np.ndarray | None
+    own: np.ndarray
+    R: np.ndarray
+    W: np.ndarray
+    M: np.ndarray
+    D: np.ndarray
+    good: np.ndarray
+
+    @classmethod
+    def cut(
+        cls,
+        g: StampGroup,
+        flux: np.ndarray,
+        gx: np.ndarray | None,
+        gy: np.ndarray | None,
+        resid: np.ndarray,
+        weight: np.ndarray,
+        model: np.ndarray,
+    ) -> _Stamps:
+        """The group's stamps of ``resid``, ``weight`` and ``model``, and the source models."""
+        i = g.index
+        P = g.psf
+        own = flux[i, None, None] * P
+        if gx is not None and g.dpsf_dx is not None:
+            own = own + gx[i, None, None] * g.dpsf_dx + gy[i, None, None] * g.dpsf_dy
+        R = gather(resid, g)
+        W = gather(weight, g)
+        M = gather(model, g)
+        D = R + own
+        good = W > 0
+        return cls(P, g.dpsf_dx, g.dpsf_dy, own, R, W, M, D, good)
+
+    def dot(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Weighted inner product of each pair of stamps."""
+        return np.einsum("nab,nab->n", a * self.W, b)
+
+    def fit(self, basis: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted least squares of ``D`` on ``basis``: solutions and inverse normal matrices."""
+        dot = self.dot
+        mat = np.stack([np.stack([dot(a, b) for b in basis], -1) for a in basis], -2)
+        rhs = np.stack([dot(a, self.D) for a in basis], -1)
+        return _solve_small(mat, rhs)
+
+
+def _quality(st: _Stamps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``qf``, ``rchi2`` and ``fracflux`` (see the module docstring)."""
+    P = st.P
+    psum = P.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pgood = (P * st.good).sum(axis=(1, 2))
+        qf = pgood / psum
+        rchi2 = (P * st.R * st.R * st.W).sum(axis=(1, 2)) / pgood
+        fracflux = (P * st.own).sum(axis=(1, 2)) / (P * st.M).sum(axis=(1, 2))
+    return qf, rchi2, fracflux
+
+
+def _isolated_fit(st: _Stamps) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Flux and position step from a fit of flux and derivatives: one Gauss-Newton step.
+
+    Without derivative stamps: the flux alone, and no step (`None`).
+    """
+    if st.dpsf_dx is None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return st.dot(st.P, st.D) / st.dot(st.P, st.P), None, None
+    sol, _ = st.fit([st.P, st.dpsf_dx, st.dpsf_dy])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sol[:, 0], sol[:, 1] / sol[:, 0], sol[:, 2] / sol[:, 0]
+
+
+def _local_background_flux(st: _Stamps) -> tuple[np.ndarray, np.ndarray]:
+    """Flux (and its error) fit together with a local constant background."""
+    sol, inv = st.fit([st.P, np.ones_like(st.P)])
+    with np.errstate(invalid="ignore"):
+        return sol[:, 0], np.sqrt(inv[:, 0, 0])
+
+
+def _median_loss(st: _Stamps) -> np.ndarray:
+    """Fraction of the flux that a local median would remove.
+
+    Diffuse sources and residuals of bright neighbours lose most of it.
+    """
+    P, D, good, dot = st.P, st.D, st.good, st.dot
+    n = len(P)
+    med = (
+        np.nanmedian(np.where(good, D, np.nan).reshape(n, -1), axis=1)
+        if good.any()
+        else np.zeros(n)
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f_all = dot(P, D) / dot(P, P)
+        f_med = dot(P, D - np.nan_to_num(med)[:, None, None]) / dot(P, P)
+        return 1.0 - f_med / f_all
+
+
+def _spread_model(st: _Stamps, G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``spread_model`` and its error: how much better the broadened PSF ``G`` fits."""
+    P, D, dot = st.P, st.D, st.dot
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a, bb = dot(G, D), dot(P, D)
+        spread = a / bb - dot(G, P) / dot(P, P)
+        var = (dot(G, G) * bb**2 + dot(P, P) * a**2 - 2 * dot(G, P) * a * bb) / bb**4
+        return spread, np.sqrt(np.maximum(var, 0.0))
+
+
 def measure_sources(
     groups: list[StampGroup],
     n_src: int,
@@ -111,74 +225,18 @@ def measure_sources(
     out = StampMeasurements.allocate(n_src)
     for gi, g in enumerate(groups):
         i = g.index
-        P = g.psf
-        own = flux[i, None, None] * P
-        if gx is not None and g.dpsf_dx is not None:
-            own = own + gx[i, None, None] * g.dpsf_dx + gy[i, None, None] * g.dpsf_dy
-        R = gather(resid, g)
-        W = gather(weight, g)
-        M = gather(model, g)
-        D = R + own
-        good = W > 0
-        out.n_good[i] = good.sum(axis=(1, 2))
-
-        def dot(a, b):
-            return np.einsum("nab,nab->n", a * W, b)
-
-        # Quality figures.
-        psum = P.sum(axis=(1, 2))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            pgood = (P * good).sum(axis=(1, 2))
-            out.qf[i] = pgood / psum
-            out.rchi2[i] = (P * R * R * W).sum(axis=(1, 2)) / pgood
-            out.fracflux[i] = (P * own).sum(axis=(1, 2)) / (P * M).sum(axis=(1, 2))
-
-        # Isolated fit of flux and derivatives: one Gauss-Newton step.
-        if g.dpsf_dx is not None:
-            basis = [P, g.dpsf_dx, g.dpsf_dy]
-            mat = np.stack([np.stack([dot(a, b) for b in basis], -1) for a in basis], -2)
-            rhs = np.stack([dot(a, D) for a in basis], -1)
-            sol, _ = _solve_small(mat, rhs)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out.flux_iso[i] = sol[:, 0]
-                out.shift_x[i] = sol[:, 1] / sol[:, 0]
-                out.shift_y[i] = sol[:, 2] / sol[:, 0]
-        else:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out.flux_iso[i] = dot(P, D) / dot(P, P)
-
-        # Flux with a local constant background.
-        one = np.ones_like(P)
-        basis = [P, one]
-        mat = np.stack([np.stack([dot(a, b) for b in basis], -1) for a in basis], -2)
-        rhs = np.stack([dot(a, D) for a in basis], -1)
-        sol, inv = _solve_small(mat, rhs)
-        out.flux_lbs[i] = sol[:, 0]
-        with np.errstate(invalid="ignore"):
-            out.flux_lbs_err[i] = np.sqrt(inv[:, 0, 0])
-
-        # Fraction of the flux that a local median would remove (diffuse
-        # sources and residuals of bright neighbours lose most of it).
-        med = (
-            np.nanmedian(np.where(good, D, np.nan).reshape(len(i), -1), axis=1)
-            if good.any()
-            else np.zeros(len(i))
-        )
-        with np.errstate(invalid="ignore", divide="ignore"):
-            f_all = dot(P, D) / dot(P, P)
-            f_med = dot(P, D - np.nan_to_num(med)[:, None, None]) / dot(P, P)
-            out.median_loss[i] = 1.0 - f_med / f_all
-
-        out.fwhm[i] = source_fwhm(P, D, good)
-
-        # spread_model: how much better a slightly broadened PSF fits.
+        st = _Stamps.cut(g, flux, gx, gy, resid, weight, model)
+        out.n_good[i] = st.good.sum(axis=(1, 2))
+        out.qf[i], out.rchi2[i], out.fracflux[i] = _quality(st)
+        flux_iso, shift_x, shift_y = _isolated_fit(st)
+        out.flux_iso[i] = flux_iso
+        if shift_x is not None:
+            out.shift_x[i], out.shift_y[i] = shift_x, shift_y
+        out.flux_lbs[i], out.flux_lbs_err[i] = _local_background_flux(st)
+        out.median_loss[i] = _median_loss(st)
+        out.fwhm[i] = source_fwhm(st.P, st.D, st.good)
         if broad_groups is not None:
-            G = broad_groups[gi].psf
-            with np.errstate(invalid="ignore", divide="ignore"):
-                a, bb = dot(G, D), dot(P, D)
-                out.spread_model[i] = a / bb - dot(G, P) / dot(P, P)
-                var = (dot(G, G) * bb**2 + dot(P, P) * a**2 - 2 * dot(G, P) * a * bb) / bb**4
-                out.spread_model_err[i] = np.sqrt(np.maximum(var, 0.0))
+            out.spread_model[i], out.spread_model_err[i] = _spread_model(st, broad_groups[gi].psf)
     return out
 
 

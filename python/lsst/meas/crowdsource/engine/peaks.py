@@ -233,26 +233,7 @@ def find_peaks(
             wings_of_saturated = saturated_wings(saturated, params.saturated_exclusion * fwhm)
         cand &= ~wings_of_saturated
     cand &= mf.coverage > 0.3
-
-    # Stand out against the residuals of the sources already modelled.
-    if (
-        params.model_significance_factor > 0
-        or params.model_flux_factor > 0
-        or params.model_pixel_factor > 0
-    ):
-        mmf = MatchedFilter.compute(model, weight, kernel, denominator, with_coverage=False)
-        msig = mmf.significance
-        cand &= sig > params.model_significance_factor * msig
-        # Compared as matched-filter fluxes rather than single pixels, so that
-        # a peak on a masked pixel (a star centred on a bad column) is judged
-        # by its unmasked surroundings.
-        cand &= mf.flux > params.model_flux_factor * mmf.flux
-        if params.model_pixel_factor > 0:
-            cand &= pix_sn > params.model_pixel_factor * msig
-    if params.local_background_factor > 0:
-        comp = kernel - kernel.mean()
-        lbs = MatchedFilter.compute(resid, weight, comp, with_coverage=False).significance
-        cand &= lbs > thr * params.local_background_factor
+    cand &= _stands_out(resid, weight, model, kernel, denominator, mf, pix_sn, params)
 
     iy, ix = np.nonzero(cand)
     if iy.size == 0:
@@ -265,3 +246,42 @@ def find_peaks(
         x, y, iy, ix = x[keep], y[keep], iy[keep], ix[keep]
     flux = np.maximum(mf.flux[iy, ix], 0.0)
     return Peaks(x, y, flux, sig[iy, ix])
+
+
+def _stands_out(
+    resid: np.ndarray,
+    weight: np.ndarray,
+    model: np.ndarray,
+    kernel: np.ndarray,
+    denominator: np.ndarray,
+    mf: MatchedFilter,
+    pix_sn: np.ndarray,
+    params: FitParams,
+) -> np.ndarray | bool:
+    """Pixels whose residual stands out against the model and the local background.
+
+    Against the residuals of the sources already modelled (significance,
+    matched-filter flux and pixel S/N compared with the model's), and in a
+    matched filter with a local background (a compensated kernel).  `True`
+    when every test is off.
+    """
+    ok: np.ndarray | bool = True
+    if (
+        params.model_significance_factor > 0
+        or params.model_flux_factor > 0
+        or params.model_pixel_factor > 0
+    ):
+        mmf = MatchedFilter.compute(model, weight, kernel, denominator, with_coverage=False)
+        msig = mmf.significance
+        ok = mf.significance > params.model_significance_factor * msig
+        # Compared as matched-filter fluxes rather than single pixels, so that
+        # a peak on a masked pixel (a star centred on a bad column) is judged
+        # by its unmasked surroundings.
+        ok &= mf.flux > params.model_flux_factor * mmf.flux
+        if params.model_pixel_factor > 0:
+            ok &= pix_sn > params.model_pixel_factor * msig
+    if params.local_background_factor > 0:
+        comp = kernel - kernel.mean()
+        lbs = MatchedFilter.compute(resid, weight, comp, with_coverage=False).significance
+        ok = ok & (lbs > params.threshold * params.local_background_factor)
+    return ok

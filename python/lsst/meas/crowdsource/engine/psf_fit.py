@@ -371,29 +371,60 @@ def fit_psf(
             s2 = np.clip(np.nan_to_num(np.asarray(snr, float), nan=0.0), 1e-3, 1e8) ** 2
             star_w = 1.0 / (1.0 / s2 + floor**2)
             star_w = star_w / star_w.max()
-        sw = np.sqrt(star_w)[:, None]
-        use = np.ones(flat.shape, dtype=bool)
-        used = np.ones(n, dtype=bool)
-        for it in range(3):
-            coeffs = _masked_lstsq(terms, flat, use & used[:, None], star_w)
-            if it == 2:
-                break
-            # Outliers judged on residuals scaled to each star's noise.
-            res = (flat - terms @ coeffs) * sw
-            mad = np.median(np.abs(res[used]), axis=0) * 1.4826 + 1e-12
-            use = np.abs(res) < 4 * mad[None, :]
-            # A star with many outlying pixels (a blend, a misplaced centre:
-            # 13% of PSF stars were more than 0.2 px off on a 384x384 field)
-            # is left out entirely, not just those pixels.
-            keep = use.mean(axis=1) > 0.9
-            if keep.sum() >= max(min_stars, 2 * n_poly_terms(order)):
-                used = keep
+        coeffs, used = _robust_polynomial_fit(
+            terms, flat, star_w, max(min_stars, 2 * n_poly_terms(order))
+        )
     coeffs = coeffs.reshape(-1, core, core)
     if not coeffs[0].sum() > 0 or not np.all(np.isfinite(coeffs)):
         return None, n
     coeffs = extend_with_wings(coeffs, max(current.size, core), profile=profile)
     new = PixelPsf(coeffs, order, center, scale, core)
     return new, int(used.sum())
+
+
+def _robust_polynomial_fit(
+    terms: np.ndarray, flat: np.ndarray, star_w: np.ndarray, min_kept: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel polynomial fit of normalised stamps, with two rounds of outlier rejection.
+
+    Parameters
+    ----------
+    terms : `numpy.ndarray`, shape (N, K)
+        Polynomial terms at each star's position.
+    flat : `numpy.ndarray`, shape (N, npix)
+        The stars' normalised, centred stamps, flattened.
+    star_w : `numpy.ndarray`, shape (N,)
+        Weight of each star (relative).
+    min_kept : `int`
+        Stars with many outlying pixels are left out only while at least
+        this many remain.
+
+    Returns
+    -------
+    coeffs : `numpy.ndarray`, shape (K, npix)
+        Coefficients of the polynomial per pixel.
+    used : `numpy.ndarray` [`bool`]
+        Stars the final fit used.
+    """
+    n = len(flat)
+    sw = np.sqrt(star_w)[:, None]
+    use = np.ones(flat.shape, dtype=bool)
+    used = np.ones(n, dtype=bool)
+    for it in range(3):
+        coeffs = _masked_lstsq(terms, flat, use & used[:, None], star_w)
+        if it == 2:
+            break
+        # Outliers judged on residuals scaled to each star's noise.
+        res = (flat - terms @ coeffs) * sw
+        mad = np.median(np.abs(res[used]), axis=0) * 1.4826 + 1e-12
+        use = np.abs(res) < 4 * mad[None, :]
+        # A star with many outlying pixels (a blend, a misplaced centre:
+        # 13% of PSF stars were more than 0.2 px off on a 384x384 field)
+        # is left out entirely, not just those pixels.
+        keep = use.mean(axis=1) > 0.9
+        if keep.sum() >= min_kept:
+            used = keep
+    return coeffs, used
 
 
 def _masked_lstsq(
@@ -568,6 +599,33 @@ def _bright_star_profile(
     return wing_profile(big_stamps, usable, dx[bright], dy[bright], src.flux[b], core // 2 - 3)
 
 
+def _neighbour_subtracted(
+    src: Sources,
+    idx: np.ndarray,
+    resid: np.ndarray,
+    weight: np.ndarray,
+    psf: PixelPsf,
+    core: int,
+    frame: PixelFrame,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Core stamps of sources ``idx`` with their neighbours subtracted, and which are complete.
+
+    The residual plus the source's own model (flux and derivative terms);
+    a stamp is complete when every pixel is usable.
+    """
+    xs, ys = src.x[idx], src.y[idx]
+    groups = render_scene(xs, ys, np.zeros(idx.size, int), [core], psf, resid.shape, True, frame)
+    g = groups[0]
+    own = (
+        src.flux[idx, None, None] * g.psf
+        + src.gx[idx, None, None] * g.dpsf_dx
+        + src.gy[idx, None, None] * g.dpsf_dy
+    )
+    stamps = gather(resid, g) + own
+    wst = gather(weight, g)
+    return stamps, (wst > 0).all(axis=(1, 2))
+
+
 def refit_psf(
     src: Sources,
     meas: StampMeasurements,
@@ -624,16 +682,7 @@ def refit_psf(
     if idx.size < params.psf_min_stars:
         return None, int(idx.size)
     xs, ys = src.x[idx], src.y[idx]
-    groups = render_scene(xs, ys, np.zeros(idx.size, int), [core], psf, resid.shape, True, frame)
-    g = groups[0]
-    own = (
-        src.flux[idx, None, None] * g.psf
-        + src.gx[idx, None, None] * g.dpsf_dx
-        + src.gy[idx, None, None] * g.dpsf_dy
-    )
-    stamps = gather(resid, g) + own
-    wst = gather(weight, g)
-    full = (wst > 0).all(axis=(1, 2))
+    stamps, full = _neighbour_subtracted(src, idx, resid, weight, psf, core, frame)
     if full.sum() < params.psf_min_stars:
         return None, int(full.sum())
     # The star sits at its isolated-fit position relative to the stamp centre.
