@@ -160,9 +160,10 @@ def test_run_returns_every_output(run):
     assert len(result.fit) == len(table)
 
 
-def test_catalogue_schema(run):
+def test_catalogue_schema(run, field):
     table = run[1].sourceTable
-    columns = source_columns()
+    image_unit = str(_ccd(field).unit)  # instrumental fluxes and sky follow the image
+    columns = source_columns(image_unit)
     assert table.colnames == [c.name for c in columns]
     for c in columns:
         col = table[c.name]
@@ -175,6 +176,8 @@ def test_catalogue_schema(run):
     assert str(table["psfFlux"].unit) == "nJy"
     assert str(table["coord_ra"].unit) == "deg"
     assert table["x"].unit.is_equivalent("pixel")
+    for name in ("psfInstFlux", "psfInstFluxErr", "sky", "crowdsource_fluxiso"):
+        assert table[name].unit == image_unit, name
 
 
 def test_positions_fluxes_and_sky_coordinates(run, field):

@@ -434,7 +434,7 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
         if not np.array_equal(cols["forced_index"][: unique.size], np.arange(unique.size)):
             raise RuntimeError("The engine did not return one row per forced position.")
         forced = {name: arr[: unique.size][row_of] for name, arr in cols.items()}
-        columns = forced_source_columns()
+        columns = forced_source_columns(inputs.unit)
         table = build_table(
             dataclasses.replace(result, columns=forced),
             columns,

@@ -162,12 +162,10 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
             ``fit`` (the engine's `~lsst.meas.crowdsource.engine.FitResult`).
         """
         check_before_fit(self.config, visit, detector)
-        inputs = exposure_inputs(exposure)
+        inputs = exposure_inputs(
+            exposure, background=background if self.config.doAddBackground else None
+        )
         image = inputs.image
-        if background is not None and self.config.doAddBackground:
-            from .io.afw import background_image
-
-            image = image + background_image(background, image.shape)
         ny, nx = image.shape
         self.log.info(
             "Fitting a %dx%d exposure%s.",
@@ -176,7 +174,7 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
             "" if visit is None else f" (visit {visit}, detector {detector})",
         )
         result = fit_image(image, log=self.log, **engine_arguments(inputs, self.config))
-        columns = source_columns()
+        columns = source_columns(inputs.unit)
         table = build_table(
             result,
             columns,
