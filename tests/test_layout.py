@@ -118,3 +118,30 @@ def test_package_import_loads_no_test_support_or_plotting():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _io_graph() -> dict[str, set[str]]:
+    """The graph restricted to io/, by short module name."""
+    prefix = f"{PACKAGE}.io."
+    return {
+        name[len(prefix) :]: {d[len(prefix) :] for d in deps if d.startswith(prefix)}
+        for name, deps in _graph().items()
+        if name.startswith(prefix)
+    }
+
+
+def test_io_shared_pieces_import_no_adapter():
+    graph = _io_graph()
+    for module in ("inputs", "planes", "psf"):
+        assert graph[module] <= {"inputs", "planes", "psf"}, (module, graph[module])
+
+
+def test_io_codec_imports_the_conventions_not_the_reverse():
+    graph = _io_graph()
+    assert "ccddata" in graph["calexp_fits"]
+    assert "calexp_fits" not in graph["ccddata"]
+
+
+def test_io_no_adapter_imports_the_dispatch():
+    graph = _io_graph()
+    assert [m for m, deps in graph.items() if "exposure" in deps] == []
