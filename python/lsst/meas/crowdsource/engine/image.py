@@ -35,6 +35,9 @@ from .errors import InputError
 
 __all__ = ["ImageData", "PixelFrame", "pixel_values"]
 
+Coordinate = float | np.ndarray
+"""A position coordinate: one value or an array of them."""
+
 
 @dataclass(frozen=True)
 class PixelFrame:
@@ -49,23 +52,25 @@ class PixelFrame:
     x0: int = 0
     y0: int = 0
 
-    def to_array(self, x, y):
+    def to_array(self, x: Coordinate, y: Coordinate) -> tuple[Coordinate, Coordinate]:
         """Outer-frame positions ``(x, y)`` in the array's pixel coordinates."""
         return x - self.x0, y - self.y0
 
-    def to_parent(self, x, y):
+    def to_parent(self, x: Coordinate, y: Coordinate) -> tuple[Coordinate, Coordinate]:
         """Array positions ``(x, y)`` in the outer frame's coordinates."""
         return x + self.x0, y + self.y0
 
 
-def _checked_plane(name: str, plane, shape: tuple[int, ...], dtype=None) -> np.ndarray:
+def _checked_plane(
+    name: str, plane: np.ndarray, shape: tuple[int, ...], dtype: type | None = None
+) -> np.ndarray:
     arr = np.asarray(plane, dtype=dtype) if dtype else np.asarray(plane)
     if arr.shape != shape:
         raise InputError(f"The {name} plane has shape {arr.shape} but the image has shape {shape}.")
     return arr
 
 
-def _checked_image(image) -> np.ndarray:
+def _checked_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 2:
         raise InputError(f"The image must be a 2-D array; got {image.ndim} dimension(s).")
@@ -76,7 +81,9 @@ def _checked_image(image) -> np.ndarray:
     return image
 
 
-def _weight_plane(image: np.ndarray, variance, weight) -> np.ndarray:
+def _weight_plane(
+    image: np.ndarray, variance: np.ndarray | None, weight: np.ndarray | None
+) -> np.ndarray:
     """Inverse variance, 0 where the variance or weight is unusable."""
     if (variance is None) == (weight is None):
         raise InputError("Give exactly one of variance or weight (inverse variance).")
@@ -199,11 +206,11 @@ class ImageData:
         """Position of pixel ``[0, 0]`` in the frame around this array."""
         return (self.frame.x0, self.frame.y0)
 
-    def to_array(self, x, y):
+    def to_array(self, x: Coordinate, y: Coordinate) -> tuple[Coordinate, Coordinate]:
         """Positions in the frame around this array, in its pixel coordinates."""
         return self.frame.to_array(x, y)
 
-    def to_parent(self, x, y):
+    def to_parent(self, x: Coordinate, y: Coordinate) -> tuple[Coordinate, Coordinate]:
         """Positions in this array, in the coordinates of the frame around it."""
         return self.frame.to_parent(x, y)
 

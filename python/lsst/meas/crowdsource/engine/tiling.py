@@ -47,7 +47,7 @@ class Tile:
         return _inside(self.outer, x, y, 0.0)
 
 
-def _inside(box: tuple[int, int, int, int], x: np.ndarray, y: np.ndarray, pad: float):
+def _inside(box: tuple[int, int, int, int], x: np.ndarray, y: np.ndarray, pad: float) -> np.ndarray:
     """Positions whose pixel is in the half-open ``box``, grown by ``pad``; NaN is outside."""
     x0, y0, x1, y1 = box
     return (
