@@ -209,6 +209,7 @@ class TileState:
     def solve(self) -> None:
         """Fit every flux and position derivative at once; update the model."""
         p, s, src, psf = self.params, self.scene, self.sources, self.psf
+        self.solution = None  # the last pass's stamps are not needed any more
         size_idx = choose_stamp_sizes(
             src.flux, psf.model, psf.sizes, self.noise, p.stamp_noise_fraction
         )
@@ -366,6 +367,7 @@ class TileState:
         p, n = self.params, len(self.sources)
         # The sky as the last pass measured it.
         self.measure_sky(coarse=p.n_iter - 1 < p.n_coarse_sky)
+        self.solution = None  # the last pass's stamps are not needed any more
         if n:
             columns, model = self._final_fit()
         else:
