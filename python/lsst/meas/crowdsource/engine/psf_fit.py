@@ -564,13 +564,27 @@ def _psf_star_candidates(
     return idx
 
 
+@dataclass
+class _PsfStars:
+    """The PSF-star candidates with complete core stamps, one entry per star.
+
+    ``dx``, ``dy``: the star's position relative to its stamp's central
+    pixel; ``sky``: its local sky (`local_sky`); ``complete``: every pixel
+    of its core stamp is usable.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+    snr: np.ndarray
+    dx: np.ndarray
+    dy: np.ndarray
+    sky: np.ndarray
+    complete: np.ndarray
+
+
 def _bright_star_profile(
-    src: Sources,
-    idx: np.ndarray,
-    sel: np.ndarray,
-    snr: np.ndarray,
-    offsets: tuple[np.ndarray, np.ndarray],
-    sky: np.ndarray,
+    stars: _PsfStars,
     resid: np.ndarray,
     weight: np.ndarray,
     psf: PixelPsf,
@@ -585,18 +599,17 @@ def _bright_star_profile(
     """
     if psf.size <= core:
         return None
-    dx, dy = offsets
-    bright = np.nonzero(sel & (snr[idx] > params.psf_wing_min_snr))[0]
-    bright = bright[np.argsort(-snr[idx][bright])][:200]
+    bright = np.nonzero(stars.complete & (stars.snr > params.psf_wing_min_snr))[0]
+    bright = bright[np.argsort(-stars.snr[bright])][:200]
     if bright.size < 10:
         return None
-    b = idx[bright]
+    x, y, flux = stars.x[bright], stars.y[bright], stars.flux[bright]
     big = render_scene(
-        src.x[b], src.y[b], np.zeros(b.size, int), [psf.size], psf, resid.shape, False, frame
+        x, y, np.zeros(bright.size, int), [psf.size], psf, resid.shape, False, frame
     )[0]
-    big_stamps = gather(resid, big) + src.flux[b, None, None] * big.psf - sky[bright, None, None]
+    big_stamps = gather(resid, big) + flux[:, None, None] * big.psf - stars.sky[bright, None, None]
     usable = big.valid & (gather(weight, big) > 0)
-    return wing_profile(big_stamps, usable, dx[bright], dy[bright], src.flux[b], core // 2 - 3)
+    return wing_profile(big_stamps, usable, stars.dx[bright], stars.dy[bright], flux, core // 2 - 3)
 
 
 def _neighbour_subtracted(
@@ -681,38 +694,43 @@ def refit_psf(
     idx = _psf_star_candidates(src, meas, snr, params, core, resid.shape)
     if idx.size < params.psf_min_stars:
         return None, int(idx.size)
-    xs, ys = src.x[idx], src.y[idx]
     stamps, full = _neighbour_subtracted(src, idx, resid, weight, psf, core, frame)
     if full.sum() < params.psf_min_stars:
         return None, int(full.sum())
-    # The star sits at its isolated-fit position relative to the stamp centre.
-    dx = (xs - np.round(xs)) + np.nan_to_num(meas.shift_x[idx])
-    dy = (ys - np.round(ys)) + np.nan_to_num(meas.shift_y[idx])
-    sel = full
-    # Each star's own local sky, from the median of its neighbour-subtracted
-    # light in an outer annulus of the large stamp, where the PSF itself is
-    # faint.  This removes the sky's response to bright stars' wings, which
-    # would otherwise eat the wings of the new PSF pass after pass.
-    sky = local_sky(xs, ys, src.flux[idx], resid, weight, psf)
-    stamps = stamps - sky[:, None, None]
-    profile = _bright_star_profile(
-        src, idx, sel, snr, (dx, dy), sky, resid, weight, psf, params, core, frame
+    xs, ys, flux = src.x[idx], src.y[idx], src.flux[idx]
+    stars = _PsfStars(
+        xs,
+        ys,
+        flux,
+        snr[idx],
+        # The star sits at its isolated-fit position relative to the stamp centre.
+        (xs - np.round(xs)) + np.nan_to_num(meas.shift_x[idx]),
+        (ys - np.round(ys)) + np.nan_to_num(meas.shift_y[idx]),
+        # Each star's own local sky, from the median of its neighbour-subtracted
+        # light in an outer annulus of the large stamp, where the PSF itself is
+        # faint.  This removes the sky's response to bright stars' wings, which
+        # would otherwise eat the wings of the new PSF pass after pass.
+        local_sky(xs, ys, flux, resid, weight, psf),
+        full,
     )
+    stamps = stamps - stars.sky[:, None, None]
+    profile = _bright_star_profile(stars, resid, weight, psf, params, core, frame)
+    sel = stars.complete
     px, py = frame.to_parent(xs[sel], ys[sel])
     return fit_psf(
         stamps[sel],
-        dx[sel],
-        dy[sel],
+        stars.dx[sel],
+        stars.dy[sel],
         px,
         py,
-        src.flux[idx][sel],
+        flux[sel],
         psf,
         params.psf_order,
         core,
         params.psf_min_stars,
         bbox,
         profile,
-        snr[idx][sel],
+        stars.snr[sel],
         params.psf_snr_floor,
     )
 
