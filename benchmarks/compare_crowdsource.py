@@ -51,7 +51,8 @@ def run_code(name, runner, repeat, work, key, **kw):
         print(
             f"    fit {info['fit_seconds']:.1f} s, process {info['process_wall_seconds']:.1f}"
             f" s, peak RSS {info['peak_rss_mib']:.0f} MiB (VmHWM "
-            f"{info['vmhwm_mib']:.0f}, before fit {info['vmhwm_before_fit_mib']:.0f} MiB), {info['n_sources']} sources, load {info['load_at_end']}",
+            f"{info['vmhwm_mib']:.0f}, before fit {info['vmhwm_before_fit_mib']:.0f} MiB), "
+            f"{info['n_sources']} sources, load {info['load_at_end']}",
             flush=True,
         )
         runs.append((info, out))
@@ -80,7 +81,13 @@ def markdown(res) -> str:
     L.append(
         f"{m['date']}; {m['cpu']}, {m['n_cpu']} cores, {m['memory_gib']} GiB; "
         f"python {m['python']}, numpy {m['numpy']}. Package at {m['git_commit']} "
-        f"({m['git_subject'][:70]}){'; uncommitted engine changes: ' + ', '.join(m['engine_uncommitted']) if m['engine_uncommitted'] else ''}."
+        f"({m['git_subject'][:70]})"
+        + (
+            "; uncommitted engine changes: " + ", ".join(m["engine_uncommitted"])
+            if m["engine_uncommitted"]
+            else ""
+        )
+        + "."
     )
     L.append(
         f"Field: {f['n_truth_in_image']} stars in the image ({f['density']} / px, "

@@ -322,7 +322,8 @@ def simulate_visit(settings: DemoSettings, progress: _Progress) -> dict[int, Det
     )
     progress(
         f"simulated a {n_col * w}x{n_row * h} px focal plane: {len(mosaic.truth)} stars, "
-        f"galsim PSF FWHM {mosaic.meta['fwhm']:g} px at the centre [{time.perf_counter() - t0:.1f} s]"
+        f"galsim PSF FWHM {mosaic.meta['fwhm']:g} px at the centre "
+        f"[{time.perf_counter() - t0:.1f} s]"
     )
     rng = np.random.default_rng(settings.seed + 12345)
     bad_bit = 1 << mosaic.mask_planes["BAD"]
@@ -370,7 +371,8 @@ def simulate_visit(settings: DemoSettings, progress: _Progress) -> dict[int, Det
         progress(
             f"detector {det}: {w}x{h} px, {int(inside.sum())} stars "
             f"({int(np.sum(inside & (np.asarray(truth['snr']) >= 5)))} with S/N >= 5, "
-            f"{int(np.sum(inside & np.asarray(truth['saturated'])))} saturated), bad column x={bad_col}"
+            f"{int(np.sum(inside & np.asarray(truth['saturated'])))} saturated), "
+            f"bad column x={bad_col}"
         )
         fields[det] = f
     return fields
@@ -592,7 +594,10 @@ def run_forced(
         return None, why
     name, storage_class, dims = ref
     if not set(dims) <= {"instrument"}:
-        why = f"its reference dataset {name!r} has dimensions {list(dims)}, which the demo does not fill"
+        why = (
+            f"its reference dataset {name!r} has dimensions {list(dims)}, "
+            "which the demo does not fill"
+        )
         progress(f"skipping forced photometry: {why}")
         return None, why
     from lsst.daf.butler import DatasetType
@@ -609,7 +614,8 @@ def run_forced(
     n_star = int(np.sum(targets["kind"] == "star"))
     progress(
         f"stored {len(targets)} targets ({n_star} true stars with {FAINT_SNR[0]:g} <= S/N < "
-        f"{FAINT_SNR[1]:g}, {len(targets) - n_star} random positions >= {OFF_SOURCE_CLEARANCE:g} px "
+        f"{FAINT_SNR[1]:g}, {len(targets) - n_star} random positions "
+        f">= {OFF_SOURCE_CLEARANCE:g} px "
         f"from every detected source) as {name!r} (dimensions {list(dims)}) in run {TARGET_RUN!r}"
     )
     targets.write(output / "targets.ecsv", overwrite=True)

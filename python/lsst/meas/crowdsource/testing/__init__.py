@@ -1,4 +1,4 @@
-"""Test support: simulated fields, scoring against the truth, figures, fake-instrument butler records.
+"""Test support: simulated fields, scoring, figures, fake-instrument butler records.
 
 Not imported by `lsst.meas.crowdsource`; import the modules directly, as
 with ``lsst.meas.base.tests`` or ``photutils.datasets``:

@@ -1188,7 +1188,9 @@ def simulate_field(
             importlib.import_module("galsim")
         except ImportError:
             warnings.warn(
-                "galsim is not installed: simulate_field falls back to psf='moffat'", UserWarning
+                "galsim is not installed: simulate_field falls back to psf='moffat'",
+                UserWarning,
+                stacklevel=2,
             )
             psf = "moffat"
 
