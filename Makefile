@@ -2,7 +2,9 @@
 # Each creates a project-local virtual environment (.venv) with the PyPI
 # dependencies the first time it runs.
 
-PYTHON ?= python3
+# The interpreter .venv is made with (only when .venv is created): CPython 3.12, else 3.13
+# (on PATH or under pyenv), else python3; `make test PYTHON=python3.11` overrides.
+PYTHON ?= $(shell sh tools/find-python.sh)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Extra arguments of the demo driver, e.g. `make demo DEMO_ARGS=--quick`
@@ -15,7 +17,8 @@ DEMO_OUTPUT ?= demo_output
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@echo "make: creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version 2>&1))"
+	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]" --config-settings editable_mode=compat
 	touch $@
