@@ -30,6 +30,7 @@ __all__ = [
     "central_crop",
     "psf_from_callable",
     "check_psf_stamp",
+    "check_stamp_array",
     "odd_size",
     "stamp_fwhm",
 ]
@@ -93,27 +94,69 @@ def gaussian_stamp(size: int, fwhm: float) -> np.ndarray:
     return prof / prof.sum()
 
 
+def check_stamp_array(
+    array, name: str = "PSF stamp", *, odd: bool = True, square: bool = False, min_size: int = 1
+) -> np.ndarray:
+    """The one set of rules for a PSF stamp array, as a float64 copy.
+
+    Used by the engine (`check_psf_stamp`) and by the io adapters, which
+    check stamps and kernel images before they are stored or fit.
+
+    Parameters
+    ----------
+    array : array_like
+        The stamp.
+    name : `str`
+        What it is, for the error messages.
+    odd : `bool`
+        Both dimensions must be odd (a central pixel).
+    square : `bool`
+        The stamp must be square.
+    min_size : `int`
+        Smallest allowed side.
+
+    Raises
+    ------
+    TypeError
+        If the array is not numeric (booleans included).
+    InputError
+        If it is missing, not 2-D, not finite, or breaks ``odd``,
+        ``square`` or ``min_size``.
+    """
+    if array is None:
+        raise InputError(f"{name} is missing")
+    arr = np.asarray(array)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be numeric; got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise InputError(f"{name} must be 2-D; got shape {arr.shape}")
+    if square and arr.shape[0] != arr.shape[1]:
+        raise InputError(f"{name} must be square; got shape {arr.shape}")
+    if odd and (arr.shape[0] % 2 == 0 or arr.shape[1] % 2 == 0):
+        raise InputError(
+            f"{name} must have odd dimensions (an odd size on each side, so that it has a "
+            f"central pixel); got shape {arr.shape}"
+        )
+    if min(arr.shape) < min_size:
+        raise InputError(
+            f"{name} is too small ({min(arr.shape)} px); need at least {min_size}x{min_size}"
+        )
+    arr = arr.astype(np.float64, copy=True)
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{name} contains NaN or inf")
+    return arr
+
+
 def check_psf_stamp(stamp: np.ndarray, name: str = "PSF stamp") -> np.ndarray:
-    """Validate a PSF stamp and return it normalised to unit sum.
+    """Validate a PSF stamp the engine can fit with, and return it normalised to unit sum.
 
     Raises
     ------
     InputError
-        If the stamp is not a square, odd-sized 2-D array of finite values
-        with a positive sum.
+        If the stamp is not a square, odd-sized (at least 3x3) 2-D array of
+        finite values with a positive sum (`check_stamp_array`).
     """
-    stamp = np.asarray(stamp, dtype=float)
-    if stamp.ndim != 2 or stamp.shape[0] != stamp.shape[1]:
-        raise InputError(f"{name} must be a square 2-D array; got shape {stamp.shape}.")
-    if stamp.shape[0] % 2 == 0:
-        raise InputError(
-            f"{name} must have an odd size so that it has a central pixel; "
-            f"got {stamp.shape[0]}x{stamp.shape[1]}."
-        )
-    if stamp.shape[0] < 3:
-        raise InputError(f"{name} is too small ({stamp.shape[0]} px); need at least 3x3.")
-    if not np.all(np.isfinite(stamp)):
-        raise InputError(f"{name} contains NaN or infinite values.")
+    stamp = check_stamp_array(stamp, name, square=True, min_size=3)
     total = stamp.sum()
     if not total > 0:
         raise InputError(f"{name} must have a positive sum; got {total!r}.")

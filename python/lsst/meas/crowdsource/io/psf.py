@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import InputError
+from ..engine.psf import check_stamp_array
 
 __all__ = ["centred_odd_stamp"]
 
@@ -68,23 +69,11 @@ def centred_odd_stamp(
     kernel = x0 is not None or y0 is not None
     if name is None:
         name = "PSF kernel image" if kernel else "PSF stamp"
-    if array is None:
-        raise InputError(f"{name} is missing")
-    arr = np.asarray(array)
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be numeric; got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise InputError(f"{name} must be 2-D; got shape {arr.shape}")
-    arr = arr.astype(np.float64, copy=kernel is False)
-    if not np.all(np.isfinite(arr)):
-        raise InputError(f"{name} contains NaN or inf")
-    ny, nx = arr.shape
+    # A stamp must have a central pixel; a kernel image may be padded unevenly.
+    arr = check_stamp_array(array, name, odd=not kernel)
     if not kernel:
-        if ny % 2 == 0 or nx % 2 == 0:
-            raise InputError(
-                f"{name} must have odd dimensions (centred on a pixel); got shape {arr.shape}"
-            )
         return arr
+    ny, nx = arr.shape
     cx, cy = -int(x0 or 0), -int(y0 or 0)
     if not (0 <= cx < nx and 0 <= cy < ny):
         raise InputError(
