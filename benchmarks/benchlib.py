@@ -473,8 +473,8 @@ def git_state() -> dict[str, Any]:
         "--short",
         "--",
         "python/lsst/meas/crowdsource/engine",
-        "python/lsst/meas/crowdsource/simulate.py",
-        "python/lsst/meas/crowdsource/evaluation.py",
+        "python/lsst/meas/crowdsource/testing/simulate.py",
+        "python/lsst/meas/crowdsource/testing/evaluation.py",
     )
     diff_hash = ""
     if dirty:
