@@ -16,7 +16,6 @@ from .engine import FitParams
 from .engine.params import FitParamsError
 from .ids import make_ids
 from .io.inputs import ExposureInputs
-from .io.outputs import afw_available
 
 __all__ = [
     "CrowdsourceBaseConfig",
@@ -407,8 +406,8 @@ class CrowdsourceBaseConfig(pexConfig.Config):
     doWriteAfwCatalog = pexConfig.Field(
         dtype=bool,
         default=True,
-        doc="Also produce an lsst.afw.table.SourceCatalog (needs lsst.afw; turn off on "
-        "plain PyPI installs).",
+        doc="Also produce an lsst.afw.table.SourceCatalog (where lsst.afw can be imported; "
+        "without it run() gives none; turn off for pipelines on plain PyPI installs).",
     )
     calexpStorageClass = pexConfig.ChoiceField(
         dtype=str,
@@ -416,14 +415,18 @@ class CrowdsourceBaseConfig(pexConfig.Config):
         allowed={
             "ExposureF": "lsst.afw.image.ExposureF (the Rubin stack's calexp)",
             "CrowdsourceCCDData": "astropy CCDData in the afw FITS layout (no afw)",
+            "VisitImage": "lsst.images.VisitImage (the DP1 visit_image; Python >= 3.12)",
         },
-        doc="Storage class of the input exposure.",
+        doc="Storage class of the input exposure (a butler-connection matter: run() takes "
+        "any of these types whatever this says).",
     )
     imageStorageClass = pexConfig.ChoiceField(
         dtype=str,
         default="ImageF",
         allowed={"ImageF": "lsst.afw.image.ImageF", "NumpyArray": "numpy array (no afw)"},
-        doc="Storage class of the model and background image outputs.",
+        doc="Storage class of the model and background image outputs.  run() returns afw "
+        "images only when this is ImageF and lsst.afw can be imported, numpy arrays "
+        "otherwise.",
     )
     maxDetectors = pexConfig.Field(
         dtype=int,
@@ -481,15 +484,7 @@ def check_before_fit(config, visit: int | None, detector: int | None) -> None:
 
     Raises
     ------
-    ImportError
-        ``imageStorageClass='ImageF'`` without lsst.afw.
     ValueError
         A data ID that cannot be packed into source IDs.
     """
-    if config.imageStorageClass == "ImageF" and not afw_available():
-        raise ImportError(
-            "imageStorageClass='ImageF' needs lsst.afw, which cannot be "
-            "imported here; set config.imageStorageClass='NumpyArray' (and "
-            "doWriteAfwCatalog=False) to run without afw."
-        )
     make_ids(0, visit, detector, config)

@@ -25,10 +25,7 @@ def afw_catalog(table, columns, config, log):
     if not config.doWriteAfwCatalog:
         return None
     if not afw_available():
-        log.warning(
-            "lsst.afw is not available: no SourceCatalog is made "
-            "(set doWriteAfwCatalog=False to silence this)."
-        )
+        log.info("lsst.afw cannot be imported here: no SourceCatalog is made.")
         return None
     from .afw import source_catalog_from_table
 
@@ -36,8 +33,8 @@ def afw_catalog(table, columns, config, log):
 
 
 def image_output(array: np.ndarray, xy0: tuple[int, int], storage_class: str):
-    """An image output in the configured storage class."""
-    if storage_class == "NumpyArray":
+    """An image output in the configured storage class (numpy where afw is not available)."""
+    if storage_class == "NumpyArray" or not afw_available():
         return np.asarray(array, dtype=np.float32)
     from .afw import numpy_to_afw_image
 
