@@ -24,7 +24,7 @@ Modules, from the outside in:
 """
 
 from .columns import ENGINE_COLUMNS, empty_columns
-from .errors import InputError
+from .errors import InputError, NoUsablePixelsError
 from .fit_image import FitResult, fit_image
 from .params import FitParams
 from .psf import PixelPsf, gaussian_stamp, moffat_stamp
@@ -34,6 +34,7 @@ __all__ = [
     "FitParams",
     "FitResult",
     "InputError",
+    "NoUsablePixelsError",
     "PixelPsf",
     "empty_columns",
     "fit_image",

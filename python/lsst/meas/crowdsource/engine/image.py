@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, NoUsablePixelsError
 
 __all__ = ["ImageData", "PixelFrame", "pixel_values"]
 
@@ -181,7 +181,7 @@ class ImageData:
         )
         w[sat] = 0.0
         if not (w > 0).any():
-            raise InputError(
+            raise NoUsablePixelsError(
                 f"No usable pixels: all {image.size} pixels are masked, saturated, "
                 "non-finite, or have non-positive variance."
             )
