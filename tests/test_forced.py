@@ -20,6 +20,7 @@ from lsst.meas.crowdsource import (
 )
 from lsst.meas.crowdsource.catalog import forced_source_columns
 from lsst.meas.crowdsource.engine import InputError
+from lsst.meas.crowdsource.ids import unpacker_from_config
 from lsst.meas.crowdsource.io.butler import make_repo, put_calexp
 from lsst.meas.crowdsource.io.ccddata import make_ccddata
 from lsst.meas.crowdsource.testing.butler import register_visit
@@ -371,6 +372,10 @@ def pipetask_forced(tmp_path_factory, run_pipetask):
 def test_pipetask_forced_outputs(pipetask_forced):
     butler, targets, fields = pipetask_forced
     ids = []
+    unpack = unpacker_from_config(
+        butler.get("crowdsourceForcedPhotometry_config").idGenerator,
+        butler.registry.expandDataId(instrument="SimCam"),
+    )
     for det, field in fields.items():
         data_id = dict(instrument="SimCam", visit=9, detector=det)
         table = butler.get("crowdsource_forced_source", data_id)
@@ -380,6 +385,10 @@ def test_pipetask_forced_outputs(pipetask_forced):
         np.testing.assert_array_equal(table["coord_ra"], targets["coord_ra"])
         assert (table["visit"] == 9).all() and (table["detector"] == det).all()
         ids.append(np.asarray(table["forcedSourceId"]))
+        # runQuantum's config.idGenerator.apply(dataId): the IDs unpack to it.
+        unpacked = [unpack(int(v)) for v in ids[-1]]
+        assert {(d["visit"], d["detector"]) for _, d, _ in unpacked} == {(9, det)}
+        assert [c for _, _, c in unpacked] == list(range(1, len(table) + 1))
         here = np.asarray(targets["detector"]) == det
         # Targets on this detector: measured, fluxes as true.  Measured medians
         # 0.93 and 0.96: the engine's fluxes on these Moffat fields are a few

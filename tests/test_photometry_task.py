@@ -31,7 +31,7 @@ from lsst.meas.crowdsource import (
 from lsst.meas.crowdsource.catalog import source_columns
 from lsst.meas.crowdsource.engine import InputError
 from lsst.meas.crowdsource.engine.psf_io import psf_from_dict
-from lsst.meas.crowdsource.ids import make_ids
+from lsst.meas.crowdsource.ids import unpacker_from_config
 from lsst.meas.crowdsource.io.ccddata import make_ccddata
 from lsst.meas.crowdsource.io.outputs import afw_available
 from lsst.meas.crowdsource.testing.simulate import simulate_field
@@ -42,7 +42,6 @@ SKY = 1000.0
 SATURATION = 30000.0
 PHOTCALIB = 2.5  # nJy per count
 VISIT, DETECTOR = 12, 3
-ID_BITS = 22  # CrowdsourceBaseConfig.sourceIdBits default
 BAD_COLUMN = 86  # array column of the bad column
 
 # Array (column, row) positions; PARENT positions add XY0.
@@ -273,29 +272,27 @@ def test_flag_planes_follow_the_config(field):
 
 
 def test_source_ids_pack_visit_and_detector(run):
-    table = run[1].sourceTable
+    task, result = run
+    table = result.sourceTable
     ids = np.asarray(table["sourceId"])
     assert ids.dtype == np.int64
     assert len(np.unique(ids)) == len(ids)
-    assert (ids >> ID_BITS == VISIT * 1000 + DETECTOR).all()
-    assert sorted(ids & (2**ID_BITS - 1)) == list(range(1, len(ids) + 1))
+    unpack = unpacker_from_config(task.config.idGenerator)
+    unpacked = [unpack(int(i)) for i in ids]
+    assert {(d["visit"], d["detector"]) for _, d, _ in unpacked} == {(VISIT, DETECTOR)}
+    assert {release for release, _, _ in unpacked} == {0}
+    assert sorted(c for _, _, c in unpacked) == list(range(1, len(ids) + 1))
     assert (table["visit"] == VISIT).all() and (table["detector"] == DETECTOR).all()
 
 
 def test_id_packing_limits(noise_ccd):
-    config = _config()
-    with pytest.raises(ValueError, match="64-bit"):
-        make_ids(3, 2**50, 0, config)
-    with pytest.raises(ValueError, match="maxDetectors"):
-        make_ids(3, 1, 1000, config)
-    small = _config(sourceIdBits=8)
-    with pytest.raises(ValueError, match="sourceIdBits=8"):
-        make_ids(256, None, None, small)
-    np.testing.assert_array_equal(make_ids(255, None, None, small), np.arange(1, 256))
-    # Through the task: an unpackable data ID is an error, not a wrapped-around ID.
-    task = CrowdsourcePhotometryTask(config=config)
-    with pytest.raises(ValueError, match="64-bit"):
+    # Through the task: an unpackable data ID is an error before the fit, not a
+    # wrapped-around ID.
+    task = CrowdsourcePhotometryTask(config=_config())
+    with pytest.raises(ValueError, match="cannot be packed"):
         task.run(noise_ccd, visit=2**50, detector=0)
+    with pytest.raises(ValueError, match="cannot be packed"):
+        task.run(noise_ccd, visit=1, detector=1000)
 
 
 # --- missing metadata, empty fields ----------------------------------------------------------
@@ -440,9 +437,9 @@ def _set_fit_niter(config):
         (lambda c: setattr(c, "calexpStorageClass", "ImageF"), "not allowed"),
         (lambda c: setattr(c, "imageStorageClass", "ImageF"), "NumpyArray"),
         (lambda c: setattr(c, "doAddBackground", True), "ExposureF"),
-        (lambda c: setattr(c, "sourceIdBits", 60), "8..40"),
+        (lambda c: setattr(c.idGenerator, "n_releases", 0), "n_releases"),
     ],
-    ids=["nIter", "calexpStorageClass", "ccddata-imagef", "background-ccddata", "idbits"],
+    ids=["nIter", "calexpStorageClass", "ccddata-imagef", "background-ccddata", "n_releases"],
 )
 def test_config_validation(change, match):
     config = _config()

@@ -14,7 +14,7 @@ import lsst.pex.config as pexConfig
 from .catalog import PIXEL_FLAG_PLANES
 from .engine import FitParams
 from .engine.params import FitParamsError
-from .ids import make_ids
+from .ids import CatalogIds, active, catalog_ids
 from .io.inputs import ExposureInputs
 
 __all__ = [
@@ -428,14 +428,10 @@ class CrowdsourceBaseConfig(pexConfig.Config):
         "images only when this is ImageF and lsst.afw can be imported, numpy arrays "
         "otherwise.",
     )
-    maxDetectors = pexConfig.Field(
-        dtype=int,
-        default=1000,
-        doc="Detector IDs are below this; used to pack (visit, detector, index) into "
-        "unique source IDs.",
-    )
-    sourceIdBits = pexConfig.Field(
-        dtype=int, default=22, doc="Bits of the source ID that count sources within one detector."
+    idGenerator = active.DetectorVisitIdGeneratorConfig.make_field(
+        doc="How source IDs are made from the data ID (visit, detector; release_id "
+        "bits): lsst.meas.base's DetectorVisitIdGeneratorConfig where it can be imported, "
+        "else lsst.meas.crowdsource.ids' fallback with the same fields and ID layout."
     )
 
     def setNoAfwStorage(self):
@@ -457,10 +453,6 @@ class CrowdsourceBaseConfig(pexConfig.Config):
                 "imageStorageClass=ImageF needs afw; with calexpStorageClass="
                 "CrowdsourceCCDData use NumpyArray.",
             )
-        if not 8 <= self.sourceIdBits <= 40:
-            raise pexConfig.FieldValidationError(
-                type(self).sourceIdBits, self, "sourceIdBits must be in 8..40"
-            )
 
 
 def engine_arguments(inputs: ExposureInputs, config: CrowdsourceBaseConfig) -> dict:
@@ -479,12 +471,21 @@ def engine_arguments(inputs: ExposureInputs, config: CrowdsourceBaseConfig) -> d
     )
 
 
-def check_before_fit(config, visit: int | None, detector: int | None) -> None:
+def check_before_fit(
+    config, id_generator=None, visit: int | None = None, detector: int | None = None
+) -> CatalogIds:
     """Report configuration problems before the (long) fit, not after it.
+
+    Returns
+    -------
+    ids : `lsst.meas.crowdsource.ids.CatalogIds`
+        The catalogue's ID generator and the visit and detector of its rows
+        (`lsst.meas.crowdsource.ids.catalog_ids` of ``config.idGenerator``).
 
     Raises
     ------
     ValueError
-        A data ID that cannot be packed into source IDs.
+        A data ID that cannot be packed into source IDs, or ``visit`` /
+        ``detector`` that contradict ``id_generator``.
     """
-    make_ids(0, visit, detector, config)
+    return catalog_ids(config.idGenerator, id_generator, visit, detector)

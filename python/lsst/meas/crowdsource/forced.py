@@ -25,7 +25,6 @@ from lsst.utils.timer import timeMethod
 from .catalog import build_table, forced_source_columns
 from .config import CrowdsourceBaseConfig, check_before_fit, engine_arguments
 from .engine import InputError, fit_image
-from .ids import make_ids
 from .io.exposure import exposure_inputs
 from .io.outputs import task_outputs
 from .photometry import history_metadata
@@ -245,6 +244,7 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
             refTable=refTable,
             visit=data_id["visit"],
             detector=data_id["detector"],
+            idGenerator=self.config.idGenerator.apply(data_id),
         )
         butlerQC.put(outputs, outputRefs)
 
@@ -330,7 +330,7 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
         return x, y, ra, dec
 
     @timeMethod
-    def run(self, exposure, refTable, visit=None, detector=None):
+    def run(self, exposure, refTable, visit=None, detector=None, idGenerator=None):
         """Measure the flux at every reference position.
 
         Parameters
@@ -343,7 +343,13 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
             see ``positionColumns``; optionally ``objectId`` (else the row
             index).  See `reference_table` for the table types accepted.
         visit, detector : `int`, optional
-            Data ID, stored in the rows and used for unique IDs.
+            Data ID, stored in the rows; without ``idGenerator`` also packed
+            into ``forcedSourceId`` (see
+            `lsst.meas.crowdsource.ids.notebook_id_generator`).
+        idGenerator : `lsst.meas.base.IdGenerator`, optional
+            ``forcedSourceId`` values, from ``config.idGenerator.apply(dataId)``
+            (what ``runQuantum`` passes; ``visit``/``detector`` default to its
+            data ID).  Without it or a data ID the IDs are 1..N.
 
         Returns
         -------
@@ -362,7 +368,8 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
             For a reference table without usable position columns, sky
             positions without a WCS, or an exposure that cannot be fit.
         """
-        check_before_fit(self.config, visit, detector)
+        ids = check_before_fit(self.config, idGenerator, visit, detector)
+        visit, detector = ids.visit, ids.detector
         inputs = exposure_inputs(exposure)
         ref = reference_table(refTable)
         x, y, ra, dec = self.referencePositions(ref, inputs)
@@ -440,7 +447,7 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
             columns,
             pixel_to_sky=inputs.pixel_to_sky,
             njy_per_count=inputs.njy_per_count,
-            ids=make_ids(n, visit, detector, self.config),
+            ids=ids.arange(n),
             visit=visit,
             detector=detector,
             extra={"objectId": object_id},

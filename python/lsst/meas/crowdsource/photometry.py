@@ -19,7 +19,6 @@ from .catalog import build_table, source_columns
 from .config import CrowdsourceBaseConfig, check_before_fit, engine_arguments
 from .engine import FitResult, fit_image
 from .engine.psf_io import psf_to_dict
-from .ids import make_ids
 from .io.exposure import exposure_inputs
 from .io.outputs import task_outputs
 
@@ -135,11 +134,12 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
             background=inputs.get("calexpBackground"),
             visit=data_id["visit"],
             detector=data_id["detector"],
+            idGenerator=self.config.idGenerator.apply(data_id),
         )
         butlerQC.put(outputs, outputRefs)
 
     @timeMethod
-    def run(self, exposure, background=None, visit=None, detector=None):
+    def run(self, exposure, background=None, visit=None, detector=None, idGenerator=None):
         """Fit every star in ``exposure``.
 
         Parameters
@@ -149,7 +149,13 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
         background : `lsst.afw.math.BackgroundList`, optional
             Background to add back first (with ``doAddBackground``).
         visit, detector : `int`, optional
-            Data ID, used for unique source IDs.
+            Data ID of the ``visit`` and ``detector`` columns; without
+            ``idGenerator`` also packed into the source IDs (see
+            `lsst.meas.crowdsource.ids.notebook_id_generator`).
+        idGenerator : `lsst.meas.base.IdGenerator`, optional
+            Source IDs, from ``config.idGenerator.apply(dataId)`` (what
+            ``runQuantum`` passes; ``visit``/``detector`` default to its data
+            ID).  Without it or a data ID the IDs are 1..N.
 
         Returns
         -------
@@ -161,7 +167,8 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
             `~lsst.meas.crowdsource.engine.psf_io.psf_from_dict`) and
             ``fit`` (the engine's `~lsst.meas.crowdsource.engine.FitResult`).
         """
-        check_before_fit(self.config, visit, detector)
+        ids = check_before_fit(self.config, idGenerator, visit, detector)
+        visit, detector = ids.visit, ids.detector
         inputs = exposure_inputs(
             exposure, background=background if self.config.doAddBackground else None
         )
@@ -180,7 +187,7 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
             columns,
             pixel_to_sky=inputs.pixel_to_sky,
             njy_per_count=inputs.njy_per_count,
-            ids=make_ids(len(result), visit, detector, self.config),
+            ids=ids.arange(len(result)),
             visit=visit,
             detector=detector,
         )

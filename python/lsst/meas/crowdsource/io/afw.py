@@ -200,7 +200,7 @@ def afw_schema(columns: list[Column]):
     return schema
 
 
-def source_catalog_from_table(table, columns: list[Column]):
+def source_catalog_from_table(table, columns: list[Column], id_generator=None):
     """A contiguous `lsst.afw.table.SourceCatalog` with the rows of ``table``.
 
     Parameters
@@ -211,6 +211,13 @@ def source_catalog_from_table(table, columns: list[Column]):
     columns : `list` [`~lsst.meas.crowdsource.catalog.Column`]
         `~lsst.meas.crowdsource.catalog.source_columns` or
         `~lsst.meas.crowdsource.catalog.forced_source_columns`.
+    id_generator : `lsst.meas.base.IdGenerator`, optional
+        The generator the table's IDs were made with: the catalogue's
+        `~lsst.afw.table.SourceTable` is made with its
+        ``make_table_id_factory()``, as ``calibrateImage.py`` makes its
+        tables.  Without it, ``IdFactory.makeSimple()`` (what
+        ``lsst.meas.base.IdGenerator()`` gives).  The ``id`` column is the
+        table's IDs either way.
 
     Returns
     -------
@@ -242,7 +249,11 @@ def source_catalog_from_table(table, columns: list[Column]):
     if missing:
         raise ValueError(f"The table lacks the columns {missing} needed for the afw catalogue.")
     schema = afw_schema(columns)
-    catalog = afwTable.SourceCatalog(schema)
+    if id_generator is None:
+        id_factory = afwTable.IdFactory.makeSimple()  # what IdGenerator() (no data ID) gives
+    else:
+        id_factory = id_generator.make_table_id_factory()
+    catalog = afwTable.SourceCatalog(afwTable.SourceTable.make(schema, id_factory))
     n = len(table)
     catalog.resize(n)
     if n == 0:
