@@ -21,7 +21,7 @@ def pipetask_run(tmp_path_factory, run_pipetask):
         butler,
         "SimCam",
         visit=7,
-        detectors=[0, 1],
+        detectors=[0, 1, 2],
         ra=270.0,
         dec=-30.0,
         detector_size=(SIZE[1], SIZE[0]),
@@ -42,6 +42,17 @@ def pipetask_run(tmp_path_factory, run_pipetask):
         )
         put_calexp(butler, ccd, "sim/calexp", "SimCam", 7, det)
         fields[det] = (f, wcs[det])
+    # Detector 2 is entirely masked (a dead detector): no work, not a failure.
+    dead = make_ccddata(
+        f.image,
+        f.variance,
+        mask=np.full(f.image.shape, 1 << f.mask_planes["BAD"], np.int32),
+        mask_planes=f.mask_planes,
+        wcs=wcs[2],
+        psf=f.psf_stamp,
+        photcalib=2.5,
+    )
+    put_calexp(butler, dead, "sim/calexp", "SimCam", 7, 2)
     del butler
     proc = run_pipetask(repo, "sim/calexp", "crowdsource/out", "CrowdsourcePhotometryNoAfw.yaml")
     from lsst.daf.butler import Butler
@@ -91,3 +102,16 @@ def test_pipetask_outputs_match_truth(pipetask_run):
     assert len(np.unique(all_ids)) == len(all_ids)
     # No SourceCatalog output without afw.
     assert not butler.registry.queryDatasetTypes("crowdsource_src")
+
+
+def test_entirely_masked_detector_is_no_work(pipetask_run):
+    """The all-masked detector's quantum ends as NoWorkFound: pipetask succeeds, writes
+    nothing for it, and the other detectors are measured."""
+    butler, fields, proc = pipetask_run
+    found = {
+        ref.dataId["detector"]
+        for ref in butler.query_datasets("crowdsource_source", collections="crowdsource/out")
+    }
+    assert found == set(fields) == {0, 1}
+    log = proc.stdout + proc.stderr
+    assert "No usable pixels" in log

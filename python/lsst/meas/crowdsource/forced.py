@@ -25,6 +25,7 @@ from lsst.utils.timer import timeMethod
 from .catalog import build_table, forced_source_columns
 from .config import CrowdsourceBaseConfig, check_before_fit, engine_arguments
 from .engine import InputError, fit_image
+from .errors import pipeline_errors
 from .io.exposure import exposure_inputs
 from .io.outputs import task_outputs
 from .photometry import history_metadata
@@ -239,13 +240,14 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
         handles = sorted(handles, key=lambda h: tuple(h.dataId.required_values))
         refTable = self.readReferences(handles)
         data_id = butlerQC.quantum.dataId
-        outputs = self.run(
-            exposure=exposure,
-            refTable=refTable,
-            visit=data_id["visit"],
-            detector=data_id["detector"],
-            idGenerator=self.config.idGenerator.apply(data_id),
-        )
+        with pipeline_errors(self.getName(), dict(data_id.required)):
+            outputs = self.run(
+                exposure=exposure,
+                refTable=refTable,
+                visit=data_id["visit"],
+                detector=data_id["detector"],
+                idGenerator=self.config.idGenerator.apply(data_id),
+            )
         butlerQC.put(outputs, outputRefs)
 
     def readReferences(self, handles):

@@ -19,6 +19,7 @@ from .catalog import build_table, source_columns
 from .config import CrowdsourceBaseConfig, check_before_fit, engine_arguments
 from .engine import FitResult, fit_image
 from .engine.psf_io import psf_to_dict
+from .errors import pipeline_errors
 from .io.exposure import exposure_inputs
 from .io.outputs import task_outputs
 
@@ -129,13 +130,14 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
     def runQuantum(self, butlerQC, inputRefs, outputRefs):
         inputs = butlerQC.get(inputRefs)
         data_id = butlerQC.quantum.dataId
-        outputs = self.run(
-            exposure=inputs["calexp"],
-            background=inputs.get("calexpBackground"),
-            visit=data_id["visit"],
-            detector=data_id["detector"],
-            idGenerator=self.config.idGenerator.apply(data_id),
-        )
+        with pipeline_errors(self.getName(), dict(data_id.required)):
+            outputs = self.run(
+                exposure=inputs["calexp"],
+                background=inputs.get("calexpBackground"),
+                visit=data_id["visit"],
+                detector=data_id["detector"],
+                idGenerator=self.config.idGenerator.apply(data_id),
+            )
         butlerQC.put(outputs, outputRefs)
 
     @timeMethod
