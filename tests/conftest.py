@@ -14,13 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_pipetask():
     """Run ``pipetask run`` with one of the package's pipelines on a butler repo.
 
-    Returns a function ``run(repo, inputs, output, pipeline)`` (``pipeline``
-    is a file name in ``pipelines/``) that fails the test with the end of
+    Returns a function ``run(repo, inputs, output, pipeline, instrument="SimCam")``
+    (``pipeline`` is a file name in ``pipelines/``) that fails the test with the end of
     pipetask's output when it does not succeed, and returns the completed
     process.
     """
 
-    def run(repo, inputs: str, output: str, pipeline: str) -> subprocess.CompletedProcess:
+    def run(
+        repo, inputs: str, output: str, pipeline: str, instrument: str = "SimCam"
+    ) -> subprocess.CompletedProcess:
         pipetask = Path(sys.executable).parent / "pipetask"
         cmd = [
             str(pipetask) if pipetask.exists() else "pipetask",
@@ -34,7 +36,7 @@ def run_pipetask():
             "-p",
             str(ROOT / "pipelines" / pipeline),
             "-d",
-            "instrument='SimCam'",
+            f"instrument='{instrument}'",
             "--register-dataset-types",
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))

@@ -13,9 +13,7 @@ from __future__ import annotations
 import ast
 import datetime
 import inspect
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import lsst.pex.config as pexConfig
@@ -429,7 +427,7 @@ def test_forced_with_an_id_generator(small_ccd):
         task.run(small_ccd, refs, visit=1, idGenerator=config.idGenerator.apply(data_id))
 
 
-def test_pipetask_source_ids_unpack_to_the_quantum_data_id(tmp_path):
+def test_pipetask_source_ids_unpack_to_the_quantum_data_id(tmp_path, run_pipetask):
     """runQuantum: config.idGenerator.apply(quantum data ID), LSSTCam-like IDs."""
     from lsst.daf.butler import Butler
 
@@ -464,24 +462,7 @@ def test_pipetask_source_ids_unpack_to_the_quantum_data_id(tmp_path):
         )
         put_calexp(butler, ccd, "sim/calexp", "LSSTCam", LSSTCAM_VISIT, det)
     del butler
-    pipetask = Path(sys.executable).parent / "pipetask"
-    cmd = [
-        str(pipetask) if pipetask.exists() else "pipetask",
-        "run",
-        "-b",
-        str(tmp_path),
-        "-i",
-        "sim/calexp",
-        "-o",
-        "out",
-        "-p",
-        str(ROOT / "pipelines" / "CrowdsourcePhotometryNoAfw.yaml"),
-        "-d",
-        "instrument='LSSTCam'",
-        "--register-dataset-types",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    run_pipetask(tmp_path, "sim/calexp", "out", "CrowdsourcePhotometryNoAfw.yaml", "LSSTCam")
     butler = Butler.from_config(str(tmp_path), collections="out")
     config = butler.get("crowdsourcePhotometry_config")
     unpack = ids.unpacker_from_config(
