@@ -446,12 +446,12 @@ class CrowdsourceBaseConfig(pexConfig.Config):
 
     def validate(self):
         super().validate()
-        if self.calexpStorageClass == "CrowdsourceCCDData" and self.imageStorageClass == "ImageF":
+        if self.calexpStorageClass != "ExposureF" and self.imageStorageClass == "ImageF":
             raise pexConfig.FieldValidationError(
                 type(self).imageStorageClass,
                 self,
-                "imageStorageClass=ImageF needs afw; with calexpStorageClass="
-                "CrowdsourceCCDData use NumpyArray.",
+                f"imageStorageClass=ImageF needs afw; with calexpStorageClass="
+                f"{self.calexpStorageClass} use NumpyArray.",
             )
 
 

@@ -107,7 +107,7 @@ class CrowdsourcePhotometryConfig(
 
     def validate(self):
         super().validate()
-        if self.doAddBackground and self.calexpStorageClass == "CrowdsourceCCDData":
+        if self.doAddBackground and self.calexpStorageClass != "ExposureF":
             raise pexConfig.FieldValidationError(
                 type(self).doAddBackground,
                 self,

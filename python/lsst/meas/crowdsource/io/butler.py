@@ -11,7 +11,9 @@ helpers fill the gap:
 - `lsst.meas.crowdsource.testing.butler.register_visit` (test support)
   inserts the dimension records that a quantum graph over
   ``(instrument, visit, detector)`` needs without an obs package;
-- `put_calexp` registers the dataset type if needed and stores an exposure.
+- `put_calexp` registers the dataset type if needed and stores an exposure
+  (a CCDData, an `lsst.images.VisitImage` as a DP1 ``visit_image``, or an afw
+  ``ExposureF``).
 
 Example
 -------
@@ -141,14 +143,30 @@ def make_repo(root: str | os.PathLike[str], *, overwrite: bool = False) -> Butle
     return Butler.from_config(str(root_path), writeable=True)
 
 
+def _storage_class_of(exposure) -> str:
+    """The storage class `put_calexp` stores ``exposure`` as."""
+    if isinstance(exposure, CCDData):
+        return STORAGE_CLASS
+    module = type(exposure).__module__
+    if module.startswith("lsst.images"):
+        return "VisitImage"
+    if module.startswith("lsst.afw"):
+        return "ExposureF"
+    raise TypeError(
+        f"put_calexp stores an astropy CCDData, an lsst.images.VisitImage or an afw "
+        f"ExposureF; got {module}.{type(exposure).__qualname__} (pass storage_class=)"
+    )
+
+
 def put_calexp(
     butler: Butler,
-    ccd: CCDData,
+    exposure,
     run: str,
     instrument: str,
     visit: int,
     detector: int,
     dataset_type: str = "calexp",
+    storage_class: str | None = None,
 ) -> DatasetRef:
     """Store an exposure, registering its dataset type and run if needed.
 
@@ -157,8 +175,9 @@ def put_calexp(
     butler : `lsst.daf.butler.Butler`
         Writeable butler on a repository made by `make_repo` (or seeded
         with ``config/butler/seed.yaml``).
-    ccd : `astropy.nddata.CCDData`
-        Exposure following `lsst.meas.crowdsource.io.ccddata` conventions.
+    exposure : `astropy.nddata.CCDData`, `lsst.images.VisitImage` or `lsst.afw.image.ExposureF`
+        The exposure; a CCDData follows `lsst.meas.crowdsource.io.ccddata`
+        conventions.
     run : `str`
         RUN collection to write to (registered if new).
     instrument : `str`
@@ -166,8 +185,12 @@ def put_calexp(
     visit, detector : `int`
         Data ID; the dimension records must exist (`register_visit`).
     dataset_type : `str`, optional
-        Dataset type name, with dimensions (instrument, visit, detector)
-        and storage class ``CrowdsourceCCDData``.
+        Dataset type name, with dimensions (instrument, visit, detector);
+        ``"visit_image"`` for a DP1-style repository.
+    storage_class : `str`, optional
+        Storage class of the dataset type; by default ``CrowdsourceCCDData``
+        for a CCDData, ``VisitImage`` for an lsst.images object and
+        ``ExposureF`` for an afw exposure.
 
     Returns
     -------
@@ -176,14 +199,17 @@ def put_calexp(
 
     Raises
     ------
+    TypeError
+        Raised for an exposure of another type without ``storage_class``.
     lsst.daf.butler.registry.ConflictingDefinitionError
         Raised if ``dataset_type`` is already registered with other
         dimensions or another storage class (e.g. an afw ``ExposureF``
         calexp); pick another name.
     """
-    dtype = DatasetType(dataset_type, CALEXP_DIMENSIONS, STORAGE_CLASS, universe=butler.dimensions)
+    storage_class = storage_class or _storage_class_of(exposure)
+    dtype = DatasetType(dataset_type, CALEXP_DIMENSIONS, storage_class, universe=butler.dimensions)
     butler.registry.registerDatasetType(dtype)
     butler.registry.registerRun(run)
     return butler.put(
-        ccd, dtype, instrument=instrument, visit=int(visit), detector=int(detector), run=run
+        exposure, dtype, instrument=instrument, visit=int(visit), detector=int(detector), run=run
     )
