@@ -12,6 +12,7 @@ connections.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -58,6 +59,7 @@ CLEAN = [
 CLEAN_FLUX = [2e4, 4e4, 8e4, 3e4, 6e4, 2.5e4, 5e4, 1e5]
 SATURATED = (42.4, 64.3)  # a bright star whose core saturates (and bleeds along its column)
 NEAR_BAD = (BAD_COLUMN + 2.4, 40.6)  # a star whose PSF core covers the bad column
+NO_DATA_COLUMNS = 18  # test_edge_flag_is_meas_base_s: columns 0-17 have no data
 
 
 def _config(**overrides) -> CrowdsourcePhotometryConfig:
@@ -239,7 +241,7 @@ def test_metadata_per_pass(run):
 def test_pixel_flags(run, field):
     table = run[1].sourceTable
     flag_names = [c for c in table.colnames if c.startswith("pixelFlags_")]
-    assert len(flag_names) == 12
+    assert len(flag_names) == 13
     for i in range(len(CLEAN)):
         row, _ = _match(table, field, i)
         assert not any(row[c] for c in flag_names), (i, [c for c in flag_names if row[c]])
@@ -257,15 +259,26 @@ def test_pixel_flags(run, field):
     bad_x = BAD_COLUMN + XY0[0]
     far = np.abs(np.asarray(table["x"]) - bad_x) > 15
     assert not np.asarray(table["pixelFlags_bad"])[far].any()
+    # The star 2.4 columns from the bad column: in its core, not in its central 3x3.
+    assert not near_bad["pixelFlags_badCenter"]
+    # badCenter (as meas_base's flag_badCenter) is exactly "the bad column in the 3x3".
+    centre_on_bad = np.abs(np.round(np.asarray(table["x"])) - bad_x) <= 1
+    np.testing.assert_array_equal(table["pixelFlags_badCenter"], centre_on_bad)
 
 
-def test_flag_planes_follow_the_config(field):
-    """A plane left out of flagMaskPlanes is not reported."""
-    config = _config()
-    config.flagMaskPlanes = [p for p in config.flagMaskPlanes if p != "BAD"]
-    table = CrowdsourcePhotometryTask(config=config).run(_ccd(field)).sourceTable
-    assert not table["pixelFlags_bad"].any()
-    assert table["pixelFlags_saturatedCenter"].any()
+def test_edge_flag_is_meas_base_s(field):
+    """pixelFlags_edge as base_PixelFlags_flag_edge: EDGE or NO_DATA in the core (or off image)."""
+    masked = dataclasses.replace(field, mask=field.mask.copy())
+    masked.mask[:, :NO_DATA_COLUMNS] |= 1 << field.mask_planes["NO_DATA"]
+    table = CrowdsourcePhotometryTask(config=_config()).run(_ccd(masked)).sourceTable
+    np.testing.assert_array_equal(table["pixelFlags_edge"], table["pixelFlags_nodata"])
+    # The three clean stars at x ~ 20 have NO_DATA within their PSF cores (ceil(FWHM) pixels).
+    for i in range(3):
+        row, d = _match(table, masked, i)
+        assert d < 0.3 and row["pixelFlags_edge"] and row["pixelFlags_nodata"]
+        assert not row["pixelFlags_bad"] and not row["psfFlux_flag"]
+    x = np.asarray(table["x"]) - XY0[0]
+    assert not np.asarray(table["pixelFlags_edge"])[x > NO_DATA_COLUMNS + 5].any()
 
 
 # --- IDs --------------------------------------------------------------------------------------
@@ -430,6 +443,16 @@ def _set_fit_niter(config):
     config.fit.nIter = 0
 
 
+def _visit_image_with_imagef(config):
+    config.calexpStorageClass = "VisitImage"
+    config.imageStorageClass = "ImageF"
+
+
+def _visit_image_with_background(config):
+    config.calexpStorageClass = "VisitImage"
+    config.doAddBackground = True
+
+
 @pytest.mark.parametrize(
     "change, match",
     [
@@ -437,9 +460,19 @@ def _set_fit_niter(config):
         (lambda c: setattr(c, "calexpStorageClass", "ImageF"), "not allowed"),
         (lambda c: setattr(c, "imageStorageClass", "ImageF"), "NumpyArray"),
         (lambda c: setattr(c, "doAddBackground", True), "ExposureF"),
+        (_visit_image_with_imagef, "VisitImage use NumpyArray"),
+        (_visit_image_with_background, "ExposureF"),
         (lambda c: setattr(c.idGenerator, "n_releases", 0), "n_releases"),
     ],
-    ids=["nIter", "calexpStorageClass", "ccddata-imagef", "background-ccddata", "n_releases"],
+    ids=[
+        "nIter",
+        "calexpStorageClass",
+        "ccddata-imagef",
+        "background-ccddata",
+        "visitimage-imagef",
+        "background-visitimage",
+        "n_releases",
+    ],
 )
 def test_config_validation(change, match):
     config = _config()

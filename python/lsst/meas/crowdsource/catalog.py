@@ -60,8 +60,14 @@ class Column:
 
 
 #: afw mask plane -> DP1 ``pixelFlags_`` suffix; planes with a ``Center`` flag too.
+#: The flags follow lsst.meas.base's ``PixelFlagsAlgorithm`` (``base_PixelFlags``), with
+#: the PSF core (the pixels within ceil(FWHM) of the fitted position) in place of
+#: the detection footprint a crowded field does not have: ``<plane>`` is "set on some
+#: pixel of the PSF core", ``<plane>Center`` "set on some pixel of the central 3x3", and
+#: ``edge`` is also set for NO_DATA in the core or a centre off the image, as meas_base
+#: sets ``flag_edge``.
 PIXEL_FLAG_PLANES: dict[str, tuple[str, bool]] = {
-    "BAD": ("bad", False),
+    "BAD": ("bad", True),
     "CR": ("cr", True),
     "EDGE": ("edge", False),
     "INTRP": ("interpolated", True),
@@ -69,6 +75,11 @@ PIXEL_FLAG_PLANES: dict[str, tuple[str, bool]] = {
     "SAT": ("saturated", True),
     "SUSPECT": ("suspect", True),
 }
+
+_EDGE_DOC = (
+    "The source is outside the usable region: a pixel within the PSF core has mask plane "
+    "EDGE or NO_DATA set, or the centre is off the image."
+)
 
 SLOT_ALIASES = {"slot_Centroid": "crowdsource_centroid", "slot_PsfFlux": "crowdsource_psfFlux"}
 
@@ -149,7 +160,9 @@ def _common_columns(image_unit: str) -> list[Column]:
                 f"pixelFlags_{suffix}",
                 "?",
                 "",
-                f"A pixel within the PSF core has mask plane {plane} set.",
+                _EDGE_DOC
+                if plane == "EDGE"
+                else f"A pixel within the PSF core has mask plane {plane} set.",
                 f"base_PixelFlags_flag_{suffix}",
             )
         )
@@ -304,6 +317,7 @@ def build_table(
             )
     off = eng.get("off_image", np.zeros(n, bool))
     values["pixelFlags_offimage"] = off
+    values["pixelFlags_edge"] = values["pixelFlags_edge"] | values["pixelFlags_nodata"] | off
     no_pix = eng["flag_no_good_pixels"]
     values["psfFlux_flag"] = eng["flag_fit_failed"] | no_pix | off | eng["flag_saturated_center"]
     values["centroid_flag"] = no_pix | ~np.isfinite(eng["x_err"]) | eng["flag_fit_failed"]
