@@ -48,6 +48,8 @@ def _other_value(param: dataclasses.Field):
         return default + (default[-1] + 2,)
     if param.name == "solver":
         return "cg" if default == "direct" else "direct"
+    if param.name == "sky_method":
+        return "spline" if default == "boxed" else "boxed"
     raise AssertionError(f"no other value for {param.name}={default!r}")
 
 
@@ -165,6 +167,8 @@ def test_default_config_is_valid():
         ("forcedMinQf", 1.5, r"forced_min_qf must be in \[0, 1\]"),
         ("stampSizes", [0, 0, 40], "stamp size 40 must be 0 or an odd number"),
         ("solver", "lu", "solver must be 'direct' or 'cg'"),
+        ("skyMethod", "mesh", "sky_method must be 'boxed' or 'spline'"),
+        ("skySplineSpacing", 2.0, "sky_spline_spacing must be at least 3"),
         ("tileSize", 32, "tile_size must be at least 64"),
         ("nIter", 0, "n_iter must be >= 1"),
     ],

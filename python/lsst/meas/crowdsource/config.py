@@ -73,6 +73,36 @@ class CrowdsourceFitConfig(pexConfig.Config):
             "the boxed sky (0: use every pixel)."
         ),
     )
+    skyMethod = pexConfig.Field[str](
+        dtype=str,
+        default="boxed",
+        doc=(
+            "How the sky is measured: 'boxed' (medians in sky_box boxes, as crowdsource) or "
+            "'spline' (a robust, penalised cubic B-spline with knots every sky_spline_spacing "
+            "pixels, in every pass)."
+        ),
+    )
+    skySplineSpacing = pexConfig.Field[float](
+        dtype=float,
+        default=12.0,
+        doc="Knot spacing (pixels) of the spline sky.",
+    )
+    skySplineSmoothing = pexConfig.Field[float](
+        dtype=float,
+        default=0.1,
+        doc=(
+            "Roughness penalty of the spline sky (squared second differences of its "
+            "coefficients, relative to the data weight per coefficient)."
+        ),
+    )
+    skyClip = pexConfig.Field[float](
+        dtype=float,
+        default=3.0,
+        doc=(
+            "Spline sky: pixels this many sigma above the fit (dilated by 2 pixels) are left "
+            "out, iteratively, so unmodelled stars do not raise the sky."
+        ),
+    )
     fitSkyTerms = pexConfig.Field[bool](
         dtype=bool,
         default=False,
@@ -317,6 +347,10 @@ class CrowdsourceFitConfig(pexConfig.Config):
             sky_box=self.skyBox,
             sky_smooth=self.skySmooth,
             sky_mask_nsigma=self.skyMaskNsigma,
+            sky_method=self.skyMethod,
+            sky_spline_spacing=self.skySplineSpacing,
+            sky_spline_smoothing=self.skySplineSmoothing,
+            sky_clip=self.skyClip,
             fit_sky_terms=self.fitSkyTerms,
             threshold=self.threshold,
             bright_factor=self.brightFactor,

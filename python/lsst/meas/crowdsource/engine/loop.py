@@ -36,7 +36,14 @@ from .peaks import MatchedFilter, find_peaks, saturated_sources, saturated_wings
 from .psf import PixelPsf
 from .psf_fit import TilePsf, refit_psf
 from .scene import StampGroup, choose_stamp_sizes, render_scene, scene_image, wing_image
-from .sky import global_sky, model_under_sky, pixel_noise, sky_basis, sky_under_model
+from .sky import (
+    SplineSky,
+    global_sky,
+    model_under_sky,
+    pixel_noise,
+    sky_basis,
+    sky_under_model,
+)
 from .sources import ForcedPositions, Sources, pad_rows
 
 __all__ = ["TileFit", "TileState", "fit_tile"]
@@ -141,6 +148,11 @@ class TileState:
         self.psf = TilePsf.start(psf, params, self.image, self.weight, self.saturated)
         self.noise = pixel_noise(self.weight)
         self.sky_basis = sky_basis(self.shape) if params.fit_sky_terms else None
+        self.spline_sky = (
+            SplineSky(self.shape, params.sky_spline_spacing, params.sky_spline_smoothing)
+            if params.sky_method == "spline"
+            else None
+        )
         self.sat_wings, self.sat_margin = None, None  # saturated stars' wings (for a FWHM)
         self.sources = Sources()
         self.unfit: tuple[ForcedPositions, np.ndarray] | None = None
@@ -176,7 +188,7 @@ class TileState:
         """Sky from the image minus the model of the sources it is measured under."""
         s = self.scene
         s.sky = sky_under_model(
-            self.image, s.under_sky, self.good, self.weight, self.params, coarse
+            self.image, s.under_sky, self.good, self.weight, self.params, coarse, self.spline_sky
         )
 
     def find_sources(self, it: int) -> int:

@@ -78,6 +78,32 @@ class FitParams:
             "out of the boxed sky (0: use every pixel)."
         },
     )
+    sky_method: str = field(
+        default="boxed",
+        metadata={
+            "doc": "How the sky is measured: 'boxed' (medians in sky_box boxes, as "
+            "crowdsource) or 'spline' (a robust, penalised cubic B-spline with knots every "
+            "sky_spline_spacing pixels, in every pass)."
+        },
+    )
+    sky_spline_spacing: float = field(
+        default=12.0,
+        metadata={"doc": "Knot spacing (pixels) of the spline sky."},
+    )
+    sky_spline_smoothing: float = field(
+        default=0.1,
+        metadata={
+            "doc": "Roughness penalty of the spline sky (squared second differences of its "
+            "coefficients, relative to the data weight per coefficient)."
+        },
+    )
+    sky_clip: float = field(
+        default=3.0,
+        metadata={
+            "doc": "Spline sky: pixels this many sigma above the fit (dilated by 2 pixels) "
+            "are left out, iteratively, so unmodelled stars do not raise the sky."
+        },
+    )
     fit_sky_terms: bool = field(
         default=False,
         metadata={
@@ -294,6 +320,14 @@ class FitParams:
             bad("threshold", "threshold must be positive")
         if not 0 < self.bright_factor <= 1:
             bad("bright_factor", "bright_factor must be in (0, 1]")
+        if self.sky_method not in ("boxed", "spline"):
+            bad("sky_method", f"sky_method must be 'boxed' or 'spline'; got {self.sky_method!r}")
+        if not self.sky_spline_spacing >= 3:
+            bad("sky_spline_spacing", "sky_spline_spacing must be at least 3 pixels")
+        if not self.sky_spline_smoothing >= 0:
+            bad("sky_spline_smoothing", "sky_spline_smoothing must be >= 0")
+        if not self.sky_clip > 0:
+            bad("sky_clip", "sky_clip must be > 0")
         if self.sky_box < 3:
             bad("sky_box", "sky_box must be at least 3 pixels")
         for s in self.stamp_sizes:

@@ -14,7 +14,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy.sparse as sp
 from scipy import ndimage
+from scipy.sparse.linalg import cg, splu
 
 from .params import FitParams
 from .psf import PixelPsf
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from .sources import Sources
 
 __all__ = [
+    "SplineSky",
     "boxed_sky",
     "global_sky",
     "model_under_sky",
@@ -101,6 +104,188 @@ def _interp_axis(grid: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
     return a * (1 - t) + b * t
 
 
+class SplineSky:
+    """A smooth sky on a tensor-product cubic B-spline grid, fit robustly with a roughness penalty.
+
+    The sky is a sum of cubic B-splines with knots about every ``spacing``
+    pixels in x and y (each pixel depends on 4 x 4 coefficients).  The
+    coefficients minimise the weighted squared residual of the pixels that
+    are not clipped plus ``smoothing`` (relative to the mean data weight
+    per coefficient) times the squared second differences of the
+    coefficient grid, so the sky follows structure down to about
+    ``spacing`` where the pixels demand it and stays smooth where they do
+    not (a flat sky costs nothing; a plane neither).  Pixels more than
+    ``clip_high`` sigma above the current fit, dilated by ``dilate``
+    pixels, and more than ``clip_low`` below it are left out and the fit
+    repeated ``n_iter`` times: stars not yet in the model do not pull the
+    sky up, while the unresolved light of the faintest stars stays in it as
+    a pedestal.
+
+    The basis is separable, so the normal matrix is assembled from sums
+    over the pixels of each knot interval (about 50 operations per pixel)
+    rather than from the full design matrix.
+
+    Parameters
+    ----------
+    shape : `tuple` [`int`, `int`]
+        Array shape.
+    spacing : `float`
+        Knot spacing (pixels).
+    smoothing : `float`
+        Roughness penalty, relative to the data weight per coefficient.
+    """
+
+    def __init__(self, shape: tuple[int, int], spacing: float, smoothing: float):
+        ny, nx = shape
+        self.shape = shape
+        self._y = _Bspline1d(ny, spacing)
+        self._x = _Bspline1d(nx, spacing)
+        ky, kx = self._y.n_coef, self._x.n_coef
+        dx = sp.kron(sp.identity(ky), _second_difference(kx))
+        dy = sp.kron(_second_difference(ky), sp.identity(kx))
+        self.penalty = (dx.T @ dx + dy.T @ dy).tocsc()
+        self.smoothing = float(smoothing)
+        self.n_coef = ky * kx
+        # Index pattern of the normal matrix: interval (jy, jx), offsets (a, b) x (c, d).
+        jy, jx = np.meshgrid(np.arange(self._y.n_int), np.arange(self._x.n_int), indexing="ij")
+        off = np.arange(4)
+        a, b, c, d = np.meshgrid(off, off, off, off, indexing="ij")
+        self._rows = (
+            (jy[None] + a.reshape(-1, 1, 1)) * kx + jx[None] + b.reshape(-1, 1, 1)
+        ).ravel()
+        self._cols = (
+            (jy[None] + c.reshape(-1, 1, 1)) * kx + jx[None] + d.reshape(-1, 1, 1)
+        ).ravel()
+        self._abcd = (a.ravel(), b.ravel(), c.ravel(), d.ravel())
+        self._rhs_index = (
+            (jy[None] + off[:, None, None, None]) * kx + jx[None] + off[None, :, None, None]
+        )
+
+    def _normal_equations(self, w: np.ndarray, r: np.ndarray) -> tuple[sp.csc_matrix, np.ndarray]:
+        """``B^T W B`` and ``B^T W r`` for pixel weights ``w`` and data ``r`` (2-D)."""
+        y, x = self._y, self._x
+        # Row sums per y-interval of w * wy_a * wy_c, for every (a, c).
+        t = {}
+        for a in range(4):
+            for c in range(a, 4):
+                t[a, c] = y.reduce(w * (y.w[:, a] * y.w[:, c])[:, None], axis=0)
+        vals = np.empty((16, 16, y.n_int, x.n_int))
+        ab = self._abcd
+        for k in range(256):
+            a, b, c, d = ab[0][k], ab[1][k], ab[2][k], ab[3][k]
+            tac = t[min(a, c), max(a, c)]
+            vals.reshape(256, y.n_int, x.n_int)[k] = x.reduce(
+                tac * (x.w[:, b] * x.w[:, d])[None, :], axis=1
+            )
+        H = sp.csc_matrix(
+            (vals.ravel(), (self._rows, self._cols)), shape=(self.n_coef, self.n_coef)
+        )
+        wr = w * r
+        rhs = np.zeros(self.n_coef)
+        for a in range(4):
+            ra = y.reduce(wr * y.w[:, a][:, None], axis=0)
+            for b in range(4):
+                np.add.at(
+                    rhs, self._rhs_index[a, b].ravel(), x.reduce(ra * x.w[:, b], axis=1).ravel()
+                )
+        return H, rhs
+
+    def evaluate(self, coef: np.ndarray) -> np.ndarray:
+        """The sky image of coefficients ``coef`` (flat, ``n_coef``)."""
+        grid = coef.reshape(self._y.n_coef, self._x.n_coef)
+        return np.asarray(self._x.matrix @ (self._y.matrix @ grid).T).T
+
+    def fit(
+        self,
+        resid: np.ndarray,
+        good: np.ndarray,
+        weight: np.ndarray,
+        *,
+        clip_high: float = 3.0,
+        clip_low: float = 4.0,
+        dilate: int = 2,
+        n_iter: int = 3,
+    ) -> np.ndarray:
+        """The robust penalised fit of ``resid`` on the ``good`` pixels, per pixel."""
+        w = np.where(good, weight, 0.0)
+        r = np.where(good, resid, 0.0)
+        use = good.copy()
+        sqrt_w = np.sqrt(w)
+        sky = np.zeros(self.shape)
+        coef = None
+        eye = sp.identity(self.n_coef, format="csr")
+        for _ in range(max(1, n_iter)):
+            wu = np.where(use, w, 0.0)
+            if not np.any(wu > 0):
+                break
+            H, rhs = self._normal_equations(wu, r)
+            scale = float(np.mean(H.diagonal()))
+            A = (H + (self.smoothing * scale) * self.penalty + (1e-6 * scale) * eye).tocsr()
+            coef = _solve_spd(A, rhs, coef)
+            sky = self.evaluate(coef)
+            z = (r - sky) * sqrt_w
+            high = z > clip_high
+            if dilate > 0:
+                high = ndimage.binary_dilation(high, iterations=dilate)
+            use = good & ~high & (z > -clip_low)
+        return sky
+
+
+def _solve_spd(A: sp.csr_matrix, b: np.ndarray, x0: np.ndarray | None) -> np.ndarray:
+    """``A x = b`` for the spline's normal matrix: Jacobi-preconditioned CG, else sparse LU.
+
+    The penalised normal matrix is well conditioned where there are data,
+    so CG from the previous solution takes a few tens of iterations (0.05 s
+    for 5000 coefficients, where the LU factorisation takes 0.25 s).
+    """
+    diag = A.diagonal()
+    precond = sp.diags(np.where(diag > 0, 1.0 / np.where(diag > 0, diag, 1.0), 1.0))
+    x, info = cg(A, b, x0=x0, rtol=1e-7, maxiter=500, M=precond)
+    if info == 0 and np.all(np.isfinite(x)):
+        return x
+    return splu(A.tocsc(), permc_spec="MMD_AT_PLUS_A").solve(b)
+
+
+class _Bspline1d:
+    """Uniform cubic B-splines at the pixel centres ``0..n-1`` of one axis.
+
+    ``w[i, k]`` is the weight of coefficient ``first[i] + k`` (k = 0..3) at
+    pixel ``i``; pixels are grouped by knot interval (``first``).
+    """
+
+    def __init__(self, n: int, spacing: float):
+        self.n_int = max(1, int(np.ceil(n / spacing)))
+        h = n / self.n_int  # spacing adjusted so the knots span the array exactly
+        t = (np.arange(n) + 0.5) / h
+        first = np.minimum(np.floor(t).astype(np.int64), self.n_int - 1)
+        u = t - first
+        self.w = np.stack(
+            [
+                (1 - u) ** 3 / 6,
+                (3 * u**3 - 6 * u**2 + 4) / 6,
+                (-3 * u**3 + 3 * u**2 + 3 * u + 1) / 6,
+                u**3 / 6,
+            ],
+            axis=1,
+        )
+        self.n_coef = self.n_int + 3
+        self._starts = np.flatnonzero(np.diff(first, prepend=-1))
+        rows = np.repeat(np.arange(n), 4)
+        cols = (first[:, None] + np.arange(4)[None, :]).ravel()
+        self.matrix = sp.csr_matrix((self.w.ravel(), (rows, cols)), shape=(n, self.n_coef))
+
+    def reduce(self, values: np.ndarray, axis: int) -> np.ndarray:
+        """Sums of ``values`` over the pixels of each knot interval along ``axis``."""
+        return np.add.reduceat(values, self._starts, axis=axis)
+
+
+def _second_difference(k: int) -> sp.csr_matrix:
+    """The ``(k - 2, k)`` second-difference operator (empty for k < 3)."""
+    if k < 3:
+        return sp.csr_matrix((0, k))
+    return sp.diags([1.0, -2.0, 1.0], [0, 1, 2], shape=(k - 2, k), format="csr")
+
+
 def sky_pixels(
     good: np.ndarray, model: np.ndarray, weight: np.ndarray, nsigma: float
 ) -> np.ndarray:
@@ -123,12 +308,17 @@ def sky_under_model(
     weight: np.ndarray,
     params: FitParams,
     coarse: bool,
+    spline: SplineSky | None = None,
 ) -> np.ndarray:
     """The sky of ``image`` under the sources' ``model``, per pixel.
 
-    ``coarse``: one median over the good pixels; otherwise `boxed_sky` on
-    the `sky_pixels` (``params.sky_box``, ``sky_smooth``, ``sky_mask_nsigma``).
+    With a ``spline`` (``params.sky_method == "spline"``): its robust fit,
+    in every pass.  Otherwise, ``coarse``: one median over the good pixels;
+    else `boxed_sky` on the `sky_pixels` (``params.sky_box``,
+    ``sky_smooth``, ``sky_mask_nsigma``).
     """
+    if spline is not None:
+        return spline.fit(image - model, good, weight, clip_high=params.sky_clip)
     if coarse:
         return np.full(image.shape, global_sky(image - model, good))
     return boxed_sky(

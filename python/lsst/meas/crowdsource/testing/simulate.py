@@ -1063,6 +1063,7 @@ def simulate_field(
     psf_grid: int = 5,
     oversampling: int = 5,
     lam_over_diam: float | None = None,
+    background: np.ndarray | None = None,
 ) -> SimulatedField:
     """Simulate a crowded stellar field with truth.
 
@@ -1150,6 +1151,12 @@ def simulate_field(
     lam_over_diam : `float`, optional
         galsim only: diffraction scale of the optical PSF (pixels); default
         ``fwhm / 10`` (the atmosphere dominates, the aberrations still show).
+    background : `numpy.ndarray`, optional
+        Extra sky (counts per pixel, shape ``shape``) added to the flat sky
+        and its gradient: nebulosity, a dust lane (negative where it dims the
+        sky), a halo (`~lsst.meas.crowdsource.testing.backgrounds`).  It is
+        part of the true ``sky``, of the variance and of the truth ``sky``
+        and ``snr`` of each star.
 
     Returns
     -------
@@ -1243,10 +1250,22 @@ def simulate_field(
     fy = jj / (ny - 1) - 0.5 if ny > 1 else np.zeros(1)
     gx, gy = sky_gradient
 
+    if background is not None:
+        background = np.asarray(background, dtype=float)
+        if background.shape != (ny, nx):
+            raise ValueError(f"background has shape {background.shape}; the image is {(ny, nx)}")
+        if not np.all(np.isfinite(background)):
+            raise ValueError("background must be finite")
+
     def sky_at(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         ux = np.clip((x - x0) / max(nx - 1, 1), 0, 1) - 0.5
         uy = np.clip((y - y0) / max(ny - 1, 1), 0, 1) - 0.5
-        return sky * (1.0 + gx * ux + gy * uy)
+        level = sky * (1.0 + gx * ux + gy * uy)
+        if background is not None:
+            ix = np.clip(np.round(x - x0).astype(int), 0, nx - 1)
+            iy = np.clip(np.round(y - y0).astype(int), 0, ny - 1)
+            level = level + background[iy, ix]
+        return level
 
     # Luminosity function.
     f_lo = flux_for_snr(snr_min, psf_center, sky, gain, read_noise)
@@ -1286,6 +1305,10 @@ def simulate_field(
     )
     np.maximum(stars_img, 0.0, out=stars_img)  # FFT round-off can leave -1e-12
     sky_img = sky * (1.0 + gx * fx[None, :] + gy * fy[:, None])
+    if background is not None:
+        sky_img = sky_img + background
+        if np.any(sky_img < 0):
+            raise ValueError("sky + background must be >= 0 everywhere")
     expected = sky_img + stars_img
     sky_img = sky_img.astype(np.float32)
     stars_img = stars_img.astype(np.float32)
