@@ -82,8 +82,8 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def run_one(field, params: FitParams, true_sky: bool) -> dict:
-    """Fit one field and score it."""
+def run_one(field, params: FitParams, true_sky: bool, keep: dict | None = None) -> dict:
+    """Fit one field and score it (``keep``: gets the images for the figure)."""
     image = field.image - field.sky if true_sky else field.image
     t0 = time.perf_counter()
     res = fit_image(image, field.variance, bad=field.mask != 0, params=params)
@@ -105,6 +105,13 @@ def run_one(field, params: FitParams, true_sky: bool) -> dict:
     good = field.mask == 0
     fitted_sky = res.sky if not true_sky else res.sky + field.sky
     dsky = (fitted_sky - field.sky)[good] / noise
+    if keep is not None:
+        keep.update(
+            image=field.image,
+            sky=fitted_sky,
+            dsky=(fitted_sky - field.sky) / noise,
+            resid=(image - res.model) / np.sqrt(field.variance),  # the model includes the sky
+        )
     return {
         "n_det": int(len(c["x"])),
         "compl_10_30": float(mid["completeness"]),
@@ -127,15 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--true-sky", action="store_true")
     ap.add_argument("--label", default="")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--figure", type=Path, help="PNG: image, sky, sky error, residual per kind")
     args = ap.parse_args(argv)
     params = FitParams(**parse_overrides(args.set))
     label = args.label or (",".join(args.set) or "default") + (" true-sky" if args.true_sky else "")
     cols = ("n_det", "compl_10_30", "spurious", "scat_crb", "sky_rms", "sky_bias", "seconds")
     print(f"# {label}: {args.size}² density {args.density} amplitude {args.amplitude}σ")
     print(f"{'kind':10s} " + " ".join(f"{c:>11s}" for c in cols))
+    panels = {}
     for kind in args.kinds:
         field = make_field(kind, args.size, args.density, args.amplitude, args.seed)
-        row = run_one(field, params, args.true_sky)
+        panels[kind] = {} if args.figure else None
+        row = run_one(field, params, args.true_sky, panels[kind])
         print(
             f"{kind:10s} "
             + " ".join(
@@ -157,7 +167,39 @@ def main(argv: list[str] | None = None) -> int:
             )
             with open(args.json, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
+    if args.figure:
+        plot_panels(panels, f"{label}: {args.size}² at {args.amplitude:g}σ", args.figure)
     return 0
+
+
+def plot_panels(panels: dict[str, dict], title: str, path: Path) -> None:
+    """One row per kind: image, fitted sky, (fitted - true sky) / noise, residual / noise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(panels), 4, figsize=(12, 3 * len(panels)), squeeze=False)
+    for row, (kind, p) in zip(axes, panels.items()):
+        lo, hi = np.percentile(p["sky"], [1, 99])
+        shows = (
+            ("image", np.arcsinh((p["image"] - lo) / 30.0), "gray", (0.0, 5.0)),
+            ("fitted sky", p["sky"], "gray", (lo, hi)),
+            ("(fitted - true sky) / noise", p["dsky"], "RdBu_r", (-3, 3)),
+            ("residual / noise", p["resid"], "RdBu_r", (-5, 5)),
+        )
+        for ax, (name, img, cmap, lim) in zip(row, shows):
+            kw = {} if lim is None else dict(vmin=lim[0], vmax=lim[1])
+            im = ax.imshow(img, origin="lower", cmap=cmap, interpolation="nearest", **kw)
+            ax.set_title(f"{kind}: {name}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if lim is not None:
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -77,9 +77,9 @@ class CrowdsourceFitConfig(pexConfig.Config):
         dtype=str,
         default="boxed",
         doc=(
-            "How the sky is measured: 'boxed' (medians in sky_box boxes, as crowdsource) or "
-            "'spline' (a robust, penalised cubic B-spline with knots every sky_spline_spacing "
-            "pixels, in every pass)."
+            "How the sky is measured: 'boxed' (medians in sky_box boxes, as crowdsource), "
+            "'spline' (a robust, penalised cubic B-spline, knots every sky_spline_spacing "
+            "pixels) or 'adaptive' (that spline, refined where the data demand it)."
         ),
     )
     skySplineSpacing = pexConfig.Field[float](
@@ -93,6 +93,14 @@ class CrowdsourceFitConfig(pexConfig.Config):
         doc=(
             "Roughness penalty of the spline sky (squared second differences of its "
             "coefficients, relative to the data weight per coefficient)."
+        ),
+    )
+    skyAdaptiveThreshold = pexConfig.Field[float](
+        dtype=float,
+        default=1.5,
+        doc=(
+            "Adaptive sky: the fine spline replaces the coarse one where they differ by more "
+            "than this many pixel sigma (blended from half of it)."
         ),
     )
     skyClip = pexConfig.Field[float](
@@ -350,6 +358,7 @@ class CrowdsourceFitConfig(pexConfig.Config):
             sky_method=self.skyMethod,
             sky_spline_spacing=self.skySplineSpacing,
             sky_spline_smoothing=self.skySplineSmoothing,
+            sky_adaptive_threshold=self.skyAdaptiveThreshold,
             sky_clip=self.skyClip,
             fit_sky_terms=self.fitSkyTerms,
             threshold=self.threshold,

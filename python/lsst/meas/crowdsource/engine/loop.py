@@ -37,6 +37,7 @@ from .psf import PixelPsf
 from .psf_fit import TilePsf, refit_psf
 from .scene import StampGroup, choose_stamp_sizes, render_scene, scene_image, wing_image
 from .sky import (
+    AdaptiveSky,
     SplineSky,
     global_sky,
     model_under_sky,
@@ -148,11 +149,18 @@ class TileState:
         self.psf = TilePsf.start(psf, params, self.image, self.weight, self.saturated)
         self.noise = pixel_noise(self.weight)
         self.sky_basis = sky_basis(self.shape) if params.fit_sky_terms else None
-        self.spline_sky = (
-            SplineSky(self.shape, params.sky_spline_spacing, params.sky_spline_smoothing)
-            if params.sky_method == "spline"
-            else None
-        )
+        self.spline_sky: SplineSky | AdaptiveSky | None = None
+        if params.sky_method == "spline":
+            self.spline_sky = SplineSky(
+                self.shape, params.sky_spline_spacing, params.sky_spline_smoothing
+            )
+        elif params.sky_method == "adaptive":
+            self.spline_sky = AdaptiveSky(
+                self.shape,
+                params.sky_spline_spacing,
+                params.sky_spline_smoothing,
+                params.sky_adaptive_threshold,
+            )
         self.sat_wings, self.sat_margin = None, None  # saturated stars' wings (for a FWHM)
         self.sources = Sources()
         self.unfit: tuple[ForcedPositions, np.ndarray] | None = None

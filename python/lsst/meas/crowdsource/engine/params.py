@@ -82,8 +82,9 @@ class FitParams:
         default="boxed",
         metadata={
             "doc": "How the sky is measured: 'boxed' (medians in sky_box boxes, as "
-            "crowdsource) or 'spline' (a robust, penalised cubic B-spline with knots every "
-            "sky_spline_spacing pixels, in every pass)."
+            "crowdsource), 'spline' (a robust, penalised cubic B-spline, knots every "
+            "sky_spline_spacing pixels) or 'adaptive' (that spline, refined where the data "
+            "demand it)."
         },
     )
     sky_spline_spacing: float = field(
@@ -95,6 +96,13 @@ class FitParams:
         metadata={
             "doc": "Roughness penalty of the spline sky (squared second differences of its "
             "coefficients, relative to the data weight per coefficient)."
+        },
+    )
+    sky_adaptive_threshold: float = field(
+        default=1.5,
+        metadata={
+            "doc": "Adaptive sky: the fine spline replaces the coarse one where they differ by "
+            "more than this many pixel sigma (blended from half of it)."
         },
     )
     sky_clip: float = field(
@@ -320,8 +328,11 @@ class FitParams:
             bad("threshold", "threshold must be positive")
         if not 0 < self.bright_factor <= 1:
             bad("bright_factor", "bright_factor must be in (0, 1]")
-        if self.sky_method not in ("boxed", "spline"):
-            bad("sky_method", f"sky_method must be 'boxed' or 'spline'; got {self.sky_method!r}")
+        if self.sky_method not in ("boxed", "spline", "adaptive"):
+            bad(
+                "sky_method",
+                f"sky_method must be 'boxed', 'spline' or 'adaptive'; got {self.sky_method!r}",
+            )
         if not self.sky_spline_spacing >= 3:
             bad("sky_spline_spacing", "sky_spline_spacing must be at least 3 pixels")
         if not self.sky_spline_smoothing >= 0:

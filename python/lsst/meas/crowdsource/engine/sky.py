@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .sources import Sources
 
 __all__ = [
+    "AdaptiveSky",
     "SplineSky",
     "boxed_sky",
     "global_sky",
@@ -146,6 +147,7 @@ class SplineSky:
         self.penalty = (dx.T @ dx + dy.T @ dy).tocsc()
         self.smoothing = float(smoothing)
         self.n_coef = ky * kx
+        self._last: np.ndarray | None = None
         # Index pattern of the normal matrix: interval (jy, jx), offsets (a, b) x (c, d).
         jy, jx = np.meshgrid(np.arange(self._y.n_int), np.arange(self._x.n_int), indexing="ij")
         off = np.arange(4)
@@ -212,7 +214,7 @@ class SplineSky:
         use = good.copy()
         sqrt_w = np.sqrt(w)
         sky = np.zeros(self.shape)
-        coef = None
+        coef = self._last  # warm start from the previous pass's sky
         eye = sp.identity(self.n_coef, format="csr")
         for _ in range(max(1, n_iter)):
             wu = np.where(use, w, 0.0)
@@ -228,7 +230,38 @@ class SplineSky:
             if dilate > 0:
                 high = ndimage.binary_dilation(high, iterations=dilate)
             use = good & ~high & (z > -clip_low)
+        self._last = coef
         return sky
+
+
+class AdaptiveSky:
+    """A coarse spline sky, refined by a fine one only where the data demand it.
+
+    Both `SplineSky` fits run on the same pixels: ``coarse`` (knots every
+    ``spacing`` pixels, ``smoothing``) and ``fine`` (knots every
+    ``2 spacing / 3``, a tenth of the smoothing).  Where they differ by more
+    than ``threshold`` times the pixel noise the fine sky is taken, below
+    half of it the coarse one, with a linear blend between and the blend
+    weight smoothed over a knot spacing.  On a flat or smoothly varying sky
+    the fine spline only follows the lumps of unresolved stars (a fraction
+    of the noise), so the coarse sky is kept; on nebulosity it follows
+    structure the coarse one cannot, by several sigma.
+    """
+
+    def __init__(self, shape: tuple[int, int], spacing: float, smoothing: float, threshold: float):
+        self.coarse = SplineSky(shape, spacing, smoothing)
+        self.fine = SplineSky(shape, max(3.0, 2.0 * spacing / 3.0), smoothing / 10.0)
+        self.threshold = float(threshold)
+        self.spacing = float(spacing)
+
+    def fit(self, resid, good, weight, **kwargs) -> np.ndarray:
+        coarse = self.coarse.fit(resid, good, weight, **kwargs)
+        fine = self.fine.fit(resid, good, weight, **kwargs)
+        noise = np.where(weight > 0, 1.0 / np.sqrt(np.where(weight > 0, weight, 1.0)), np.inf)
+        excess = np.abs(fine - coarse) / np.where(np.isfinite(noise), noise, pixel_noise(weight))
+        t = np.clip(2.0 * excess / self.threshold - 1.0, 0.0, 1.0)
+        t = ndimage.gaussian_filter(t, self.spacing / 2.0, mode="nearest")
+        return coarse + np.clip(t, 0.0, 1.0) * (fine - coarse)
 
 
 def _solve_spd(A: sp.csr_matrix, b: np.ndarray, x0: np.ndarray | None) -> np.ndarray:
@@ -308,7 +341,7 @@ def sky_under_model(
     weight: np.ndarray,
     params: FitParams,
     coarse: bool,
-    spline: SplineSky | None = None,
+    spline: SplineSky | AdaptiveSky | None = None,
 ) -> np.ndarray:
     """The sky of ``image`` under the sources' ``model``, per pixel.
 
