@@ -17,7 +17,9 @@ true stars of a simulation the same way):
   describes each artificial star's surroundings;
 - `summarize`, `completeness_magnitude`: completeness, flux bias, robust
   scatter and pull width per magnitude bin, with their binomial and sampling
-  errors, and the magnitude of 50 % completeness.
+  errors, and the magnitude of 50 % completeness;
+- `compare_summaries`: two summaries bin by bin (artificial stars against
+  the truth of a simulation), each difference in units of its error.
 
 Positions follow afw (x column, y row, pixel centres at integers, PARENT
 coordinates with origin ``xy0``).  Fluxes are in image units.
@@ -38,6 +40,7 @@ __all__ = [
     "AB_ZERO_NJY",
     "SUMMARY_COLUMNS",
     "add_stars",
+    "compare_summaries",
     "completeness_magnitude",
     "crowding",
     "draw_positions",
@@ -160,7 +163,9 @@ def zero_point(njy_per_count: float | None, uncalibrated: float) -> float:
 # --------------------------------------------------------------------------
 
 
-def psf_stamps(psf, x: np.ndarray, y: np.ndarray, size: int | None = None) -> np.ndarray:
+def psf_stamps(
+    psf, x: np.ndarray, y: np.ndarray, size: int | None = None, cell: float | None = None
+) -> np.ndarray:
     """Unit-sum PSF stamps centred on their central pixel, one per position.
 
     Parameters
@@ -173,6 +178,10 @@ def psf_stamps(psf, x: np.ndarray, y: np.ndarray, size: int | None = None) -> np
         PARENT positions.
     size : `int`, optional
         Odd size to crop the stamps to (default: the smallest stamp's).
+    cell : `float`, optional
+        Evaluate the PSF once per square cell of this side (pixels), at the
+        centre of the cell's positions, and give every position its cell's
+        stamp (for many positions, where the PSF varies slowly).
 
     Returns
     -------
@@ -180,11 +189,18 @@ def psf_stamps(psf, x: np.ndarray, y: np.ndarray, size: int | None = None) -> np
     """
     x = np.atleast_1d(np.asarray(x, float))
     y = np.atleast_1d(np.asarray(y, float))
-    if hasattr(psf, "stamp") or callable(psf):
+    if not (hasattr(psf, "stamp") or callable(psf)):
+        stamps = [np.asarray(psf, float)] * len(x)
+    elif cell is not None and len(x):
+        keys = np.column_stack([np.floor(x / cell), np.floor(y / cell)])
+        _, which = np.unique(keys, axis=0, return_inverse=True)
+        which = np.asarray(which).ravel()
+        cx = np.bincount(which, weights=x) / np.bincount(which)
+        cy = np.bincount(which, weights=y) / np.bincount(which)
+        return psf_stamps(psf, cx, cy, size)[which]
+    else:
         at = psf.stamp if hasattr(psf, "stamp") else psf
         stamps = [np.asarray(at(float(xi), float(yi)), float) for xi, yi in zip(x, y)]
-    else:
-        stamps = [np.asarray(psf, float)] * len(x)
     smallest = min((s.shape[0] for s in stamps), default=1)
     size = smallest if size is None else min(int(size), smallest)
     out = np.empty((len(stamps), size, size))
@@ -484,6 +500,49 @@ def completeness_magnitude(summary, level: float = 0.5) -> float:
     i = below[0]
     c0, c1 = comp[i - 1], comp[i]
     return float(centre[i - 1] + (c0 - level) / (c0 - c1) * (centre[i] - centre[i - 1]))
+
+
+def compare_summaries(a, b, min_stars: int = 15):
+    """Two summaries of the same bins compared, each difference in units of its error.
+
+    Completeness: the two-proportion z of a binomial test, ``(p_a - p_b) /
+    sqrt(p (1 - p) (1 / n_a + 1 / n_b))`` with the pooled ``p``; flux bias
+    and scatter: the difference over the two sampling errors added in
+    quadrature.  Bins where either summary has fewer than ``min_stars`` stars
+    (recovered stars, for the bias and scatter) get NaN.
+
+    Parameters
+    ----------
+    a, b : `astropy.table.Table`
+        `summarize` outputs with the same bins.
+    min_stars : `int`
+        Fewest stars per bin and summary for a comparison.
+
+    Returns
+    -------
+    comparison : `astropy.table.Table`
+        ``magMin``, ``magMax``, ``completenessDiff``, ``completenessZ``,
+        ``fluxBiasDiff``, ``fluxBiasZ``, ``fluxScatterDiff``, ``fluxScatterZ``.
+    """
+    from astropy.table import Table
+
+    na, nb = np.asarray(a["nInjected"], float), np.asarray(b["nInjected"], float)
+    ka, kb = np.asarray(a["nRecovered"], float), np.asarray(b["nRecovered"], float)
+    enough = (na >= min_stars) & (nb >= min_stars)
+    flux_ok = enough & (np.asarray(a["nFlux"]) >= min_stars) & (np.asarray(b["nFlux"]) >= min_stars)
+    out = Table({"magMin": a["magMin"], "magMax": a["magMax"]})
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled = (ka + kb) / (na + nb)
+        diff = ka / na - kb / nb
+        sigma = np.sqrt(pooled * (1 - pooled) * (1 / na + 1 / nb))
+        out["completenessDiff"] = np.where(enough, diff, np.nan)
+        out["completenessZ"] = np.where(enough, np.where(sigma > 0, diff / sigma, 0.0), np.nan)
+        for name in ("fluxBias", "fluxScatter"):
+            d = np.asarray(a[name], float) - np.asarray(b[name], float)
+            e = np.hypot(np.asarray(a[name + "Err"], float), np.asarray(b[name + "Err"], float))
+            out[name + "Diff"] = np.where(flux_ok, d, np.nan)
+            out[name + "Z"] = np.where(flux_ok, d / e, np.nan)
+    return out
 
 
 def psf_at_centre(psf: Callable | np.ndarray, shape, xy0) -> np.ndarray:

@@ -71,6 +71,10 @@ __all__ = [
 #: compared with the real catalogue in each round.
 UNDISTURBED_RADIUS_FWHM = 3.0
 
+#: The real sources are drawn for the crowding column with the PSF evaluated
+#: once per cell of this side (pixels).
+CROWDING_PSF_CELL = 64.0
+
 
 def injected_columns(image_unit: str = "count") -> list[Column]:
     """Columns of the per-star table (``crowdsource_injected``)."""
@@ -479,6 +483,11 @@ class CrowdsourceInjectionTask(pipeBase.PipelineTask):
 
             raise NoUsablePixelsError("No usable pixels to inject artificial stars into.")
         gain = self.config.gain or art.estimate_gain(inputs.image, inputs.variance, good)
+        if not np.isfinite(gain):
+            self.log.warning(
+                "The variance plane does not grow with the signal, so the gain cannot be read "
+                "off it: the artificial stars get no photon noise (set the gain config field)."
+            )
         zp = art.zero_point(inputs.njy_per_count, self.config.zeroPoint)
         mag_range = self._magnitudes(centre, float(np.median(inputs.variance[good])), gain, zp)
         n_real = len(sourceTable)
@@ -528,7 +537,7 @@ class CrowdsourceInjectionTask(pipeBase.PipelineTask):
         f = np.asarray(table["psfInstFlux"], float)
         ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(f) & (f > 0)
         size = 2 * int(np.ceil(3.0 * fwhm)) + 1
-        stamps = art.psf_stamps(psf, x[ok], y[ok], size=size)
+        stamps = art.psf_stamps(psf, x[ok], y[ok], size=size, cell=CROWDING_PSF_CELL)
         return art.render_stars(shape, xy0, x[ok], y[ok], f[ok], stamps)
 
     def _round(self, s: _Setting, k: int, rng: np.random.Generator):
