@@ -262,7 +262,8 @@ def crowded_field():
     f = simulate_field((256, 256), density=0.02, seed=11, psf="moffat", bad_columns=1)
     ccd = _ccd(f)
     before = (np.array(ccd.data), np.array(ccd.uncertainty.array), np.array(ccd.mask))
-    inputs = dataclasses.replace(exposure_inputs(ccd), psf=functools.partial(f.psf_at, size=59))
+    full = 2 * f.meta["psf_radius"] + 1  # the whole support: the wings included
+    inputs = dataclasses.replace(exposure_inputs(ccd), psf=functools.partial(f.psf_at, size=full))
     config = _config(nRounds=8, magBinWidth=1.0)
     result = CrowdsourceInjectionTask(config=config).run(inputs)
     after = (ccd.data, ccd.uncertainty.array, ccd.mask)

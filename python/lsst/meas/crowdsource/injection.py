@@ -416,7 +416,9 @@ class CrowdsourceInjectionTask(pipeBase.PipelineTask):
             ``injectedTable`` (`astropy.table.Table`, `injected_columns`),
             ``summaryTable`` (per magnitude bin,
             `~lsst.meas.crowdsource.artificial_stars.SUMMARY_COLUMNS`; meta
-            ``mag50``, ``gain``, ``zeroPoint``, ``psfFwhm``),
+            ``mag50``, ``gain``, ``zeroPoint``, ``psfFwhm``, also in the task
+            metadata: the butler strips table metadata on reading unless
+            asked ``parameters={"strip_astropy_meta_yaml": False}``),
             ``roundTable`` (per round, `ROUND_COLUMNS`), ``roundCatalogs``
             (`list` of the rounds' ``sourceTable``) and ``realTable`` (the
             real catalogue used).
@@ -683,7 +685,8 @@ class CrowdsourceInjectionTask(pipeBase.PipelineTask):
         )
         self.metadata["nInjected"] = n
         self.metadata["nRecovered"] = int(col["recovered"].sum())
-        self.metadata["mag50"] = mag50
+        for key, value in meta.items():
+            self.metadata[key] = float(value)
         self.metadata["secondsPerRound"] = [float(r["seconds"]) for r in rounds]
         self.metadata["realPullMedianPerRound"] = [float(r["realPullMedian"]) for r in rounds]
         self.log.info(
