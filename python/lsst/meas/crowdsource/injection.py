@@ -49,7 +49,21 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
-from . import artificial_stars as art
+from .artificial_stars import (
+    add_stars,
+    completeness_magnitude,
+    crowding,
+    draw_positions,
+    estimate_gain,
+    flux_for_snr,
+    isolated_snr,
+    local_density,
+    psf_at_centre,
+    psf_stamps,
+    render_stars,
+    summarize,
+    zero_point,
+)
 from .catalog import Column, fill_table
 from .config import CALEXP_STORAGE_CLASSES
 from .engine import InputError
@@ -475,7 +489,7 @@ class CrowdsourceInjectionTask(pipeBase.PipelineTask):
                 "(crowdsource_psf) was given."
             )
         shape, xy0 = inputs.image.shape, inputs.xy0
-        centre = art.psf_at_centre(model, shape, xy0)
+        centre = psf_at_centre(model, shape, xy0)
         fwhm = stamp_fwhm(centre)
         pconf = self.config.photometry
         ignored = inputs.plane(list(pconf.badMaskPlanes) + list(pconf.saturatedMaskPlanes))
@@ -484,13 +498,13 @@ class CrowdsourceInjectionTask(pipeBase.PipelineTask):
             from .engine import NoUsablePixelsError
 
             raise NoUsablePixelsError("No usable pixels to inject artificial stars into.")
-        gain = self.config.gain or art.estimate_gain(inputs.image, inputs.variance, good)
+        gain = self.config.gain or estimate_gain(inputs.image, inputs.variance, good)
         if not np.isfinite(gain):
             self.log.warning(
                 "The variance plane does not grow with the signal, so the gain cannot be read "
                 "off it: the artificial stars get no photon noise (set the gain config field)."
             )
-        zp = art.zero_point(inputs.njy_per_count, self.config.zeroPoint)
+        zp = zero_point(inputs.njy_per_count, self.config.zeroPoint)
         mag_range = self._magnitudes(centre, float(np.median(inputs.variance[good])), gain, zp)
         n_real = len(sourceTable)
         n = max(self.config.minStarsPerRound, int(self.config.maxDensityFraction * n_real))
@@ -525,9 +539,9 @@ class CrowdsourceInjectionTask(pipeBase.PipelineTask):
         faint, bright = self.config.snrRange
         mag_min, mag_max = self.config.magMin, self.config.magMax
         if mag_min is None:
-            mag_min = zp - 2.5 * np.log10(art.flux_for_snr(bright, stamp, variance, gain))
+            mag_min = zp - 2.5 * np.log10(flux_for_snr(bright, stamp, variance, gain))
         if mag_max is None:
-            mag_max = zp - 2.5 * np.log10(art.flux_for_snr(faint, stamp, variance, gain))
+            mag_max = zp - 2.5 * np.log10(flux_for_snr(faint, stamp, variance, gain))
         if not mag_min < mag_max:
             raise InputError(f"Empty magnitude range [{mag_min:.3f}, {mag_max:.3f}].")
         return float(mag_min), float(mag_max)
@@ -539,22 +553,20 @@ class CrowdsourceInjectionTask(pipeBase.PipelineTask):
         f = np.asarray(table["psfInstFlux"], float)
         ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(f) & (f > 0)
         size = 2 * int(np.ceil(3.0 * fwhm)) + 1
-        stamps = art.psf_stamps(psf, x[ok], y[ok], size=size, cell=CROWDING_PSF_CELL)
-        return art.render_stars(shape, xy0, x[ok], y[ok], f[ok], stamps)
+        stamps = psf_stamps(psf, x[ok], y[ok], size=size, cell=CROWDING_PSF_CELL)
+        return render_stars(shape, xy0, x[ok], y[ok], f[ok], stamps)
 
     def _round(self, s: _Setting, k: int, rng: np.random.Generator):
         """One round: draw, inject, measure, match.  Returns the star columns, the
         catalogue and the check of the real sources."""
         inputs = s.inputs
         shape, xy0 = inputs.image.shape, inputs.xy0
-        x, y = art.draw_positions(
-            rng, s.n_per_round, shape, xy0, self.config.minSeparation * s.fwhm
-        )
+        x, y = draw_positions(rng, s.n_per_round, shape, xy0, self.config.minSeparation * s.fwhm)
         mag = rng.uniform(*s.mag_range, size=len(x))
         flux = 10.0 ** (-0.4 * (mag - s.zero_point))
-        stamps = art.psf_stamps(s.psf, x, y)
-        signal = art.render_stars(shape, xy0, x, y, flux, stamps)
-        image, variance = art.add_stars(inputs.image, inputs.variance, signal, s.gain, rng)
+        stamps = psf_stamps(s.psf, x, y)
+        signal = render_stars(shape, xy0, x, y, flux, stamps)
+        image, variance = add_stars(inputs.image, inputs.variance, signal, s.gain, rng)
         injected = dataclasses.replace(inputs, image=image, variance=variance)
         cat = self.photometry.run(injected, **s.ids).sourceTable
         star = self._star_columns(s, x, y, flux, stamps)
@@ -570,14 +582,14 @@ class CrowdsourceInjectionTask(pipeBase.PipelineTask):
         iy = np.floor(y + 0.5).astype(int) - inputs.xy0[1]
         var = inputs.variance[iy, ix].astype(float)
         real = s.real
-        density = art.local_density(x, y, real["x"], real["y"], self.config.densityRadius * s.fwhm)
+        density = local_density(x, y, real["x"], real["y"], self.config.densityRadius * s.fwhm)
         return {
             "x": x,
             "y": y,
             "flux": flux,
-            "snr": art.isolated_snr(flux, stamps, var, s.gain),
+            "snr": isolated_snr(flux, stamps, var, s.gain),
             "density": density,
-            "crowding": art.crowding(x, y, flux, stamps, s.others, inputs.xy0),
+            "crowding": crowding(x, y, flux, stamps, s.others, inputs.xy0),
             "bad": s.ignored[iy, ix],
         }
 
@@ -619,7 +631,7 @@ class CrowdsourceInjectionTask(pipeBase.PipelineTask):
         real = s.real
         rx, ry = np.asarray(real["x"], float), np.asarray(real["y"], float)
         rf, re = np.asarray(real["psfInstFlux"], float), np.asarray(real["psfInstFluxErr"], float)
-        far = art.local_density(rx, ry, x, y, UNDISTURBED_RADIUS_FWHM * s.fwhm) == 0
+        far = local_density(rx, ry, x, y, UNDISTURBED_RADIUS_FWHM * s.fwhm) == 0
         use = far & np.isfinite(rf) & (re > 0) & ~np.asarray(real["psfFlux_flag"], bool)
         cf = np.asarray(cat["psfInstFlux"], float)
         rx, ry, rf, re = rx[use], ry[use], rf[use], re[use]
@@ -673,10 +685,10 @@ class CrowdsourceInjectionTask(pipeBase.PipelineTask):
         n_bins = max(1, int(round((s.mag_range[1] - s.mag_range[0]) / self.config.magBinWidth)))
         edges = np.linspace(*s.mag_range, n_bins + 1)
         edges[-1] = np.nextafter(edges[-1], np.inf)  # the faintest star is in the last bin
-        summary = art.summarize(
+        summary = summarize(
             col["mag"], col["recovered"], col["flux"], col["rflux"], col["rerr"], edges
         )
-        mag50 = art.completeness_magnitude(summary)
+        mag50 = completeness_magnitude(summary)
         meta = dict(mag50=mag50, gain=s.gain, zeroPoint=s.zero_point, psfFwhm=s.fwhm)
         summary.meta.update(meta)
         table.meta.update(meta)
