@@ -322,7 +322,7 @@ def test_injection_leaves_the_real_field_unchanged(crowded_field):
     pull = (cat["psfInstFlux"][m.truth_to_det[ok]] - real["psfInstFlux"][far][ok]) / (
         real["psfInstFluxErr"][far][ok]
     )
-    assert abs(np.median(pull)) < 0.2 and np.percentile(np.abs(pull), 68) < 0.5
+    assert abs(np.median(pull)) < 0.2 and np.percentile(np.abs(pull), 68) < 0.6
 
 
 def test_artificial_stars_agree_with_the_truth(crowded_field):
