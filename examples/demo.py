@@ -39,7 +39,12 @@ streamed, prefixed with ``pipetask |``):
    no dimensions: one list for the whole visit; the name and dimensions are
    read from the pipeline's connections) in the run ``demo/targets``, and
    ``pipetask run`` writes ``crowdsource_forced_source`` to ``demo/forced``.
-5. **Score** the catalogues against the truth
+5. **Artificial stars** on the first detector (`CrowdsourceInjectionTask.run`
+   in this process, on the calexp, catalogue and fitted PSF read back from
+   the repository; ``--injection-rounds``, 0 to skip): completeness and flux
+   bias per AB-magnitude bin, compared bin by bin with the completeness of
+   the detector's true stars; ``injection.png`` and ``injection_density.png``.
+6. **Score** the catalogues against the truth
    (`lsst.meas.crowdsource.testing.evaluation`, 1 px one-to-one match as in the
    benchmarks and tests), compute the crowded Cramér-Rao bound on a sample
    of stars, print a summary and write it to ``<output>/summary.json``, and
@@ -119,6 +124,7 @@ class DemoSettings:
     crb_sample: int = 250
     n_faint_targets: int = 150
     n_off_targets: int = 150
+    injection_rounds: int = 8
 
     @classmethod
     def quick(cls) -> DemoSettings:
@@ -130,6 +136,7 @@ class DemoSettings:
             crb_sample=80,
             n_faint_targets=60,
             n_off_targets=60,
+            injection_rounds=3,
         )
 
 
@@ -966,6 +973,154 @@ def make_figures(
     return paths
 
 
+def run_injection(butler, fields, outputs, settings: DemoSettings, progress: _Progress):
+    """Artificial stars on the first detector, scored against its truth the same way.
+
+    `CrowdsourceInjectionTask.run` in this process (the notebook way), on the
+    calexp, catalogue and fitted PSF read back from the repository; then the
+    true stars of that detector are summarised in the same magnitude bins
+    (`lsst.meas.crowdsource.artificial_stars.summarize`, one-to-one match
+    within 1 px) and the two compared bin by bin (`compare_summaries`).
+    Returns `None` when ``settings.injection_rounds`` is 0.
+    """
+    if settings.injection_rounds <= 0:
+        progress("skipping the artificial stars (--injection-rounds 0)")
+        return None
+    from lsst.meas.crowdsource import CrowdsourceInjectionConfig, CrowdsourceInjectionTask
+    from lsst.meas.crowdsource import artificial_stars as art
+    from lsst.meas.crowdsource.testing.evaluation import match_to_truth
+
+    det = min(fields)
+    data_id = dict(instrument=INSTRUMENT, visit=VISIT, detector=det)
+    config = CrowdsourceInjectionConfig()
+    config.setNoAfwStorage()
+    config.nRounds = settings.injection_rounds
+    config.magBinWidth = 1.0
+    t0 = time.perf_counter()
+    result = CrowdsourceInjectionTask(config=config).run(
+        butler.get("calexp", data_id, collections=CALEXP_RUN),
+        sourceTable=outputs[det]["catalog"],
+        psf=butler.get("crowdsource_psf", data_id, collections=PHOT_OUTPUT),
+        visit=VISIT,
+        detector=det,
+    )
+    seconds = time.perf_counter() - t0
+    inj = result.summaryTable
+    cat, t = outputs[det]["catalog"], fields[det].truth
+    inside = np.asarray(t["in_image"], bool)
+    match = match_to_truth(
+        cat["x"],
+        cat["y"],
+        t["x"],
+        t["y"],
+        MATCH_RADIUS,
+        flux=cat["psfInstFlux"],
+        truth_flux=t["flux"],
+    )
+    d = match.truth_to_det[inside]
+    pick = np.where(d >= 0, d, 0)
+    tflux = np.asarray(t["flux"], float)[inside]
+    flux = np.where(d >= 0, np.asarray(cat["psfInstFlux"], float)[pick], np.nan)
+    err = np.where(d >= 0, np.asarray(cat["psfInstFluxErr"], float)[pick], np.nan)
+    mag = inj.meta["zeroPoint"] - 2.5 * np.log10(tflux)
+    edges = np.append(inj["magMin"], inj["magMax"][-1])
+    tru = art.summarize(mag, d >= 0, tflux, flux, err, edges)
+    cmp = art.compare_summaries(inj, tru, min_stars=10)
+    stars = result.injectedTable
+    progress(
+        f"detector {det}: {len(stars)} artificial stars in {config.nRounds} rounds of "
+        f"{int(np.median(result.roundTable['nInjected']))}, {int(stars['recovered'].sum())} "
+        f"recovered [{seconds:.1f} s, {np.mean(result.roundTable['seconds']):.1f} s per round]"
+    )
+    rows = []
+    for a, b, c in zip(inj, tru, cmp):
+        rows.append(
+            {
+                k: float(v)
+                for k, v in (
+                    ("mag_lo", a["magMin"]),
+                    ("mag_hi", a["magMax"]),
+                    ("n_injected", a["nInjected"]),
+                    ("completeness_injected", a["completeness"]),
+                    ("err_injected", a["completenessErr"]),
+                    ("n_true", b["nInjected"]),
+                    ("completeness_true", b["completeness"]),
+                    ("err_true", b["completenessErr"]),
+                    ("z", c["completenessZ"]),
+                    ("bias_injected", a["fluxBias"]),
+                    ("bias_true", b["fluxBias"]),
+                )
+            }
+        )
+    return {
+        "detector": det,
+        "rounds": config.nRounds,
+        "n_injected": len(stars),
+        "n_recovered": int(stars["recovered"].sum()),
+        "mag50_injected": inj.meta["mag50"],
+        "mag50_true": art.completeness_magnitude(tru),
+        "seconds": seconds,
+        "seconds_per_round": float(np.mean(result.roundTable["seconds"])),
+        "real_pull_median": [float(v) for v in result.roundTable["realPullMedian"]],
+        "bins": rows,
+        "tables": {"summary": inj, "truth": tru, "stars": stars},
+    }
+
+
+def injection_figures(output: Path, injection: dict[str, Any], progress: _Progress):
+    """``injection.png`` (completeness and bias against magnitude, with the truth's) and
+    ``injection_density.png`` (completeness against the local density)."""
+    from lsst.meas.crowdsource.testing.injection_plots import (
+        plot_completeness_density,
+        plot_injection_summary,
+    )
+
+    tables, det = injection["tables"], injection["detector"]
+    paths = {
+        "injection": plot_injection_summary(
+            output / "injection.png",
+            tables["summary"],
+            truth_summary=tables["truth"],
+            mag_label="AB magnitude",
+            title=f"detector {det}: artificial stars against the simulation's true stars",
+        ),
+        "injection_density": plot_completeness_density(
+            output / "injection_density.png",
+            tables["stars"],
+            title=f"detector {det}: artificial-star completeness against local density",
+        ),
+    }
+    paths = {name: _display(p) for name, p in paths.items()}
+    for p in paths.values():
+        progress(f"wrote {p}")
+    return paths
+
+
+def format_injection(injection: dict[str, Any]) -> list[str]:
+    """The summary lines of the artificial-star step."""
+    lines = [
+        f"artificial stars (detector {injection['detector']}: {injection['n_injected']} stars in "
+        f"{injection['rounds']} rounds, {injection['seconds_per_round']:.1f} s per round)",
+        f"  {'AB mag':>11} {'injected':>8} {'complete':>13} {'true':>6} {'complete':>13} {'z':>5}",
+    ]
+    for b in injection["bins"]:
+        lines.append(
+            f"  {b['mag_lo']:5.2f}-{b['mag_hi']:5.2f} {int(b['n_injected']):>8d} "
+            f"{_fmt(b['completeness_injected'], 2):>6} ± {_fmt(b['err_injected'], 2):<4} "
+            f"{int(b['n_true']):>6d} {_fmt(b['completeness_true'], 2):>6} ± "
+            f"{_fmt(b['err_true'], 2):<4} {_fmt_signed(b['z'], 1):>5}"
+        )
+    lines.append(
+        f"  50 % completeness: AB {_fmt(injection['mag50_injected'], 2)} from the artificial "
+        f"stars, {_fmt(injection['mag50_true'], 2)} against the truth"
+    )
+    lines.append(
+        "  (z: two-proportion binomial z of the difference, bins with >= 10 stars of each)"
+    )
+    lines.append("")
+    return lines
+
+
 def _fmt(v: float, nd: int = 3) -> str:
     return "—" if v is None or not np.isfinite(v) else f"{v:.{nd}f}"
 
@@ -1070,7 +1225,7 @@ def format_summary(
 
 def _jsonable(obj):
     if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items() if k not in ("arrays", "outputs")}
+        return {k: _jsonable(v) for k, v in obj.items() if k not in ("arrays", "outputs", "tables")}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, (np.integer,)):
@@ -1112,17 +1267,17 @@ def run_demo(
     )
 
     progress.step(
-        "simulate", "1/5 simulating the visit (galsim PSF; this builds the PSF tables first)"
+        "simulate", "1/6 simulating the visit (galsim PSF; this builds the PSF tables first)"
     )
     fields = simulate_visit(settings, progress)
 
-    progress.step("butler", f"2/5 creating the butler repository {_display(repo)}")
+    progress.step("butler", f"2/6 creating the butler repository {_display(repo)}")
     butler, wcs = make_demo_repo(repo, fields, settings, progress)
     truth = truth_table(fields, wcs)
     truth.write(output / "truth.ecsv", overwrite=True)
     progress(f"wrote the truth ({len(truth)} stars) to {_display(output / 'truth.ecsv')}")
 
-    progress.step("photometry", "3/5 pipetask run: CrowdsourcePhotometryTask on every detector")
+    progress.step("photometry", "3/6 pipetask run: CrowdsourcePhotometryTask on every detector")
     pipeline = package_root() / "pipelines" / "CrowdsourcePhotometryNoAfw.yaml"
     run_pipetask(
         [
@@ -1145,7 +1300,7 @@ def run_demo(
         progress,
     )
 
-    progress.step("forced", "4/5 forced photometry at a target list")
+    progress.step("forced", "4/6 forced photometry at a target list")
     from lsst.daf.butler import Butler
 
     butler = Butler.from_config(str(repo), writeable=True)
@@ -1159,14 +1314,23 @@ def run_demo(
         repo, butler, fields, wcs, catalogs, settings, output, progress
     )
 
-    progress.step("evaluate", "5/5 scoring against the truth and drawing the figures")
+    progress.step("injection", "5/6 artificial stars: CrowdsourceInjectionTask on one detector")
+    injection = run_injection(butler, fields, outputs, settings, progress)
+
+    progress.step("evaluate", "6/6 scoring against the truth and drawing the figures")
     score = evaluate(outputs, fields, settings, progress)
     forced = evaluate_forced(butler, targets, fields) if targets is not None else None
     figures = make_figures(output, fields, outputs, score, forced, progress)
+    if injection is not None:
+        figures.update(injection_figures(output, injection, progress))
     progress.end_step()
 
     total = progress.elapsed
     text = format_summary(settings, score, forced, progress.timings, total, figures, forced_note)
+    if injection is not None:
+        marker = "\nrun time: "
+        head, tail = text.split(marker, 1)
+        text = head + "\n".join(format_injection(injection)) + "\n" + marker + tail
     print(text, file=progress.stream, flush=True)
     summary = {
         "settings": asdict(settings),
@@ -1185,6 +1349,7 @@ def run_demo(
         "sky_offset": score["sky_offset"],
         "forced": forced,
         "forced_note": forced_note,
+        "injection": injection,
         "timings": progress.timings,
         "total_seconds": total,
         "figures": figures,
@@ -1216,6 +1381,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--density", type=float, help="stars per pixel (default 0.02)")
     parser.add_argument("--seed", type=int, help="random seed (default 1)")
     parser.add_argument("-j", "--jobs", type=int, help="pipetask processes (default 2)")
+    parser.add_argument(
+        "--injection-rounds",
+        type=int,
+        help="rounds of artificial stars on detector 0 (default 8; quick 3; 0 skips the step)",
+    )
     args = parser.parse_args(argv)
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     overrides = {
@@ -1226,6 +1396,7 @@ def main(argv: list[str] | None = None) -> int:
             ("density", args.density),
             ("seed", args.seed),
             ("jobs", args.jobs),
+            ("injection_rounds", args.injection_rounds),
         )
         if v is not None
     }

@@ -19,7 +19,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
-FIGURES = ("detections", "residual", "completeness", "flux_error")
+FIGURES = (
+    "detections",
+    "residual",
+    "completeness",
+    "flux_error",
+    "injection",
+    "injection_density",
+)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -42,7 +49,7 @@ def quick_demo(tmp_path_factory):
 def test_demo_progress_and_summary_printed(quick_demo):
     out, summary, proc = quick_demo
     text = proc.stdout
-    for step in ("1/5", "2/5", "3/5", "4/5", "5/5"):
+    for step in ("1/6", "2/6", "3/6", "4/6", "5/6", "6/6"):
         assert f"] == {step}" in text
     assert "pipetask | " in text  # pipetask's own output is streamed
     assert "meas_crowdsource demo: summary" in text
@@ -81,6 +88,19 @@ def test_demo_numbers_sane_against_truth(quick_demo):
         assert b["flux_scatter"] > 0.8 * b["crb_crowded"]
     assert 0.0 <= summary["spurious_fraction"] < 0.4
     assert summary["n_sources"] == sum(d["n_sources"] for d in dets)
+
+
+@pytest.mark.slow
+def test_demo_artificial_stars_against_the_truth(quick_demo):
+    _, summary, proc = quick_demo
+    inj = summary["injection"]
+    assert inj["detector"] == 0 and inj["rounds"] == 3
+    assert inj["n_injected"] >= 60 and 0 < inj["n_recovered"] < inj["n_injected"]
+    # Few stars in --quick: the 50 % magnitudes agree to within the binomial noise.
+    assert abs(inj["mag50_injected"] - inj["mag50_true"]) < 0.75
+    bright = inj["bins"][0]
+    assert bright["completeness_injected"] > 0.7 and bright["completeness_true"] > 0.7
+    assert "artificial stars (detector 0" in proc.stdout
 
 
 @pytest.mark.slow

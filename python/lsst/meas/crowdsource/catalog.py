@@ -28,6 +28,7 @@ __all__ = [
     "SLOT_ALIASES",
     "build_table",
     "empty_table",
+    "fill_table",
 ]
 
 
@@ -288,8 +289,6 @@ def build_table(
     extra : `dict`, optional
         Values for columns not computed here (e.g. ``objectId``).
     """
-    from astropy.table import Table
-
     eng = result.columns
     n = len(eng["x"])
     values: dict[str, np.ndarray] = {}
@@ -323,6 +322,21 @@ def build_table(
     values["centroid_flag"] = no_pix | ~np.isfinite(eng["x_err"]) | eng["flag_fit_failed"]
     if extra:
         values.update(extra)
+    return fill_table(columns, values)
+
+
+def fill_table(columns: list[Column], values: dict[str, np.ndarray]):
+    """An astropy table of ``columns``, in their order, dtype, unit and description.
+
+    Parameters
+    ----------
+    columns : `list` [`Column`]
+        The column definitions.
+    values : `dict` [`str`, array_like]
+        Values of every column, by name (extra entries are ignored).
+    """
+    from astropy.table import Table
+
     t = Table()
     for c in columns:
         t[c.name] = np.asarray(values[c.name]).astype(c.dtype)

@@ -18,12 +18,21 @@ from .ids import CatalogIds, active, catalog_ids
 from .io.inputs import ExposureInputs
 
 __all__ = [
+    "CALEXP_STORAGE_CLASSES",
     "CrowdsourceBaseConfig",
     "CrowdsourceFitConfig",
     "camel_case",
     "check_before_fit",
     "engine_arguments",
 ]
+
+
+#: Storage classes of the exposure input the tasks' connections can take (run() takes them all).
+CALEXP_STORAGE_CLASSES = {
+    "ExposureF": "lsst.afw.image.ExposureF (the Rubin stack's calexp)",
+    "CrowdsourceCCDData": "astropy CCDData in the afw FITS layout (no afw)",
+    "VisitImage": "lsst.images.VisitImage (the DP1 visit_image; Python >= 3.12)",
+}
 
 
 def camel_case(name: str) -> str:
@@ -455,11 +464,7 @@ class CrowdsourceBaseConfig(pexConfig.Config):
     calexpStorageClass = pexConfig.ChoiceField(
         dtype=str,
         default="ExposureF",
-        allowed={
-            "ExposureF": "lsst.afw.image.ExposureF (the Rubin stack's calexp)",
-            "CrowdsourceCCDData": "astropy CCDData in the afw FITS layout (no afw)",
-            "VisitImage": "lsst.images.VisitImage (the DP1 visit_image; Python >= 3.12)",
-        },
+        allowed=dict(CALEXP_STORAGE_CLASSES),
         doc="Storage class of the input exposure (a butler-connection matter: run() takes "
         "any of these types whatever this says).",
     )

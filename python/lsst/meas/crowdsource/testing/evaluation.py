@@ -2,7 +2,10 @@
 
 Used by the tests, the benchmarks and the demo:
 
-* `match_to_truth` -- one-to-one matching of detections to true stars.
+* `match_to_truth` -- one-to-one matching of detections to true stars
+  (defined in `lsst.meas.crowdsource.matching`, which the library's
+  artificial-star tests use too; re-exported here with `Match` and
+  `robust_scatter`).
 * `score_catalog` -- completeness, spurious fraction, photometric and
   astrometric accuracy in bins of true S/N, and a summary for S/N > 5.
 * `isolated_crb_flux_error` -- the flux-error bound of an isolated star.
@@ -26,7 +29,6 @@ __all__ = [
 ]
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,8 @@ from astropy.table import Table
 from scipy import sparse
 from scipy.sparse import linalg as splinalg
 from scipy.spatial import cKDTree
+
+from ..matching import Match, _as_1d, match_to_truth, robust_scatter
 
 #: Default edges of the true-S/N bins used by `score_catalog`.
 DEFAULT_SNR_BINS: tuple[float, ...] = (
@@ -49,209 +53,9 @@ DEFAULT_SNR_BINS: tuple[float, ...] = (
     np.inf,
 )
 
-_MAD_TO_SIGMA = 1.4826
-
-
-# --------------------------------------------------------------------------
-# Matching
-# --------------------------------------------------------------------------
-
-
-@dataclass
-class Match:
-    """Result of a one-to-one match of detections to truth.
-
-    Attributes
-    ----------
-    det_index : `numpy.ndarray` of `int`, shape (M,)
-        Index of each matched detection.
-    truth_index : `numpy.ndarray` of `int`, shape (M,)
-        Index of the true star it is matched to.
-    distance : `numpy.ndarray`, shape (M,)
-        Separation of each pair (pixels).
-    det_to_truth : `numpy.ndarray` of `int`, shape (n_det,)
-        For every detection, its true star or -1.
-    truth_to_det : `numpy.ndarray` of `int`, shape (n_truth,)
-        For every true star, its detection or -1.
-    radius : `float`
-        Match radius used (pixels).
-    """
-
-    det_index: np.ndarray
-    truth_index: np.ndarray
-    distance: np.ndarray
-    det_to_truth: np.ndarray
-    truth_to_det: np.ndarray
-    radius: float
-
-    @property
-    def n_matched(self) -> int:
-        """Number of matched pairs."""
-        return len(self.det_index)
-
-    @property
-    def det_matched(self) -> np.ndarray:
-        """Boolean mask over detections: matched."""
-        return self.det_to_truth >= 0
-
-    @property
-    def truth_matched(self) -> np.ndarray:
-        """Boolean mask over true stars: matched."""
-        return self.truth_to_det >= 0
-
-
-def _as_1d(name: str, a: Any) -> np.ndarray:
-    arr = np.atleast_1d(np.asarray(a, dtype=float))
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    return arr
-
-
-def match_to_truth(
-    x: np.ndarray,
-    y: np.ndarray,
-    truth_x: np.ndarray,
-    truth_y: np.ndarray,
-    radius: float = 1.0,
-    flux: np.ndarray | None = None,
-    truth_flux: np.ndarray | None = None,
-) -> Match:
-    """Match detections to true stars, one to one.
-
-    Every (detection, true star) pair closer than ``radius`` is a
-    candidate.  Candidates are ranked and accepted greedily, best first,
-    each detection and each true star being used at most once:
-
-    * without fluxes, by distance;
-    * with both ``flux`` and ``truth_flux``, by ``|ln(flux / truth_flux)|``
-      first and distance second.  Among the stars within the radius a
-      detection therefore takes the one whose flux it reproduces best: a
-      faint detection next to a bright star matches a faint star it sits on
-      rather than the bright star 0.8 px away, and the bright star stays
-      free for its own detection.  Pairs where either flux is not positive
-      and finite rank after all others, by distance.
-
-    Ties are broken by detection then truth index, so the result is
-    deterministic.  The greedy pass is done in vectorised rounds: all
-    pairs that are the best remaining choice of both their detection and
-    their true star are accepted together, which gives exactly the
-    sequential greedy result.  Detections with non-finite positions are
-    never matched.
-
-    Parameters
-    ----------
-    x, y : `numpy.ndarray`
-        Detection positions (pixels).
-    truth_x, truth_y : `numpy.ndarray`
-        True positions (pixels).
-    radius : `float`, optional
-        Match radius (pixels), > 0.
-    flux, truth_flux : `numpy.ndarray`, optional
-        Measured and true fluxes, to rank candidates by flux agreement.
-
-    Returns
-    -------
-    match : `Match`
-        The pairs and the index maps.
-
-    Raises
-    ------
-    ValueError
-        On mismatched lengths, a non-positive radius, or only one of the
-        two flux arrays.
-    """
-    x = _as_1d("x", x)
-    y = _as_1d("y", y)
-    tx = _as_1d("truth_x", truth_x)
-    ty = _as_1d("truth_y", truth_y)
-    if x.shape != y.shape:
-        raise ValueError(f"x and y differ in length: {x.shape} vs {y.shape}")
-    if tx.shape != ty.shape:
-        raise ValueError(f"truth_x and truth_y differ in length: {tx.shape} vs {ty.shape}")
-    if not radius > 0:
-        raise ValueError(f"radius must be > 0, got {radius}")
-    if (flux is None) != (truth_flux is None):
-        raise ValueError("give both flux and truth_flux, or neither")
-    nd, nt = len(x), len(tx)
-    det_to_truth = np.full(nd, -1, dtype=np.int64)
-    truth_to_det = np.full(nt, -1, dtype=np.int64)
-    empty = Match(
-        np.empty(0, np.int64),
-        np.empty(0, np.int64),
-        np.empty(0),
-        det_to_truth,
-        truth_to_det,
-        float(radius),
-    )
-    if nd == 0 or nt == 0:
-        return empty
-    good_d = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
-    good_t = np.flatnonzero(np.isfinite(tx) & np.isfinite(ty))
-    if len(good_d) == 0 or len(good_t) == 0:
-        return empty
-    tree_d = cKDTree(np.column_stack([x[good_d], y[good_d]]))
-    tree_t = cKDTree(np.column_stack([tx[good_t], ty[good_t]]))
-    pairs = tree_d.sparse_distance_matrix(tree_t, radius, output_type="ndarray")
-    if len(pairs) == 0:
-        return empty
-    di = good_d[pairs["i"]]
-    ti = good_t[pairs["j"]]
-    dist = pairs["v"].astype(float)
-
-    if flux is not None:
-        f = _as_1d("flux", flux)
-        tf = _as_1d("truth_flux", truth_flux)
-        if f.shape != x.shape or tf.shape != tx.shape:
-            raise ValueError("flux / truth_flux must match the lengths of the positions")
-        fd, ft = f[di], tf[ti]
-        ok = (fd > 0) & (ft > 0) & np.isfinite(fd) & np.isfinite(ft)
-        dlog = np.full(len(di), np.inf)
-        dlog[ok] = np.abs(np.log(fd[ok] / ft[ok]))
-        order = np.lexsort((ti, di, dist, dlog))
-    else:
-        order = np.lexsort((ti, di, dist))
-    di, ti, dist = di[order], ti[order], dist[order]
-    rank = np.arange(len(di))
-
-    acc_d, acc_t, acc_r = [], [], []
-    big = len(di) + 1
-    while len(rank):
-        best_d = np.full(nd, big, dtype=np.int64)
-        best_t = np.full(nt, big, dtype=np.int64)
-        np.minimum.at(best_d, di, rank)
-        np.minimum.at(best_t, ti, rank)
-        take = (best_d[di] == rank) & (best_t[ti] == rank)
-        acc_d.append(di[take])
-        acc_t.append(ti[take])
-        acc_r.append(rank[take])
-        used_d = np.zeros(nd, dtype=bool)
-        used_t = np.zeros(nt, dtype=bool)
-        used_d[di[take]] = True
-        used_t[ti[take]] = True
-        keep = ~(used_d[di] | used_t[ti])
-        di, ti, rank = di[keep], ti[keep], rank[keep]
-    r_all = np.concatenate(acc_r)
-    srt = np.argsort(r_all)
-    md = np.concatenate(acc_d)[srt]
-    mt = np.concatenate(acc_t)[srt]
-    det_to_truth[md] = mt
-    truth_to_det[mt] = md
-    mdist = np.hypot(x[md] - tx[mt], y[md] - ty[mt])
-    return Match(md, mt, mdist, det_to_truth, truth_to_det, float(radius))
-
-
 # --------------------------------------------------------------------------
 # Scoring
 # --------------------------------------------------------------------------
-
-
-def robust_scatter(values: np.ndarray) -> float:
-    """``1.4826 * median(|v - median(v)|)`` of the finite values (NaN if none)."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return float("nan")
-    return float(_MAD_TO_SIGMA * np.median(np.abs(v - np.median(v))))
 
 
 def _median(values: np.ndarray) -> float:
