@@ -249,3 +249,24 @@ def test_shipped_site_configurations():
     assert isinstance(sdf.provider, SlurmProvider) and sdf.label == "sdf"
     assert "#SBATCH --partition=rubin" in sdf.provider.scheduler_options
     assert sdf.provider.max_blocks == 2
+
+
+def test_demo_submit_file_overrides_the_local_cores(tmp_path):
+    """``examples/demo.py --bps`` writes a submit file of the user's own that includes the
+    package's and changes the local site's worker count, as the README shows."""
+    import importlib.util
+
+    from lsst.ctrl.bps import BPS_DEFAULTS, BPS_SEARCH_ORDER, BpsConfig
+
+    spec = importlib.util.spec_from_file_location(
+        "crowdsource_demo_bps", ROOT / "examples" / "demo.py"
+    )
+    demo = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = demo  # dataclasses look their module up there
+    spec.loader.exec_module(demo)
+    path = demo.write_bps_submit_file(tmp_path, "CrowdsourceForcedPhotometry.yaml", 3)
+    config = BpsConfig(str(path), search_order=BPS_SEARCH_ORDER, defaults=BPS_DEFAULTS)
+    assert config[".site.local.cores"] == 3
+    assert config[".site.local.class"] == "lsst.ctrl.bps.parsl.sites.Local"
+    assert config["pipelineYaml"].endswith("pipelines/CrowdsourceForcedPhotometry.yaml")
+    assert config[".payload.payloadName"] == "crowdsource_forced"

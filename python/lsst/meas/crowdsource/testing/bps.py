@@ -35,12 +35,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from lsst.meas.crowdsource.io.butler import config_dir
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def bps_dir() -> Path:
@@ -98,6 +99,7 @@ def bps_submit_command(
     data_query: str,
     pipeline: str | os.PathLike[str] | None = None,
     compute_site: str | None = None,
+    config_overrides: Sequence[str] = (),
     log_level: str = "INFO",
 ) -> list[str]:
     """Return the ``bps submit`` command line for one of the package's submit files.
@@ -120,6 +122,10 @@ def bps_submit_command(
     compute_site : `str`, optional
         Site of ``bps/parsl.yaml`` (``--compute-site``): ``local`` (its
         default), ``slurm`` or ``slac``.
+    config_overrides : sequence of `str`, optional
+        Task config overrides ``label:field=value`` (what ``pipetask -c``
+        takes), passed to the quantum-graph build with
+        ``--extra-qgraph-options``; the graph carries them to every job.
     log_level : `str`, optional
         Log level of the bps process itself.
 
@@ -134,6 +140,8 @@ def bps_submit_command(
         cmd += ["-p", os.fspath(pipeline)]
     if compute_site is not None:
         cmd += ["--compute-site", compute_site]
+    if config_overrides:
+        cmd += ["--extra-qgraph-options", " ".join(f"-c {c}" for c in config_overrides)]
     return cmd
 
 
@@ -199,8 +207,9 @@ def output_run(butler, output: str) -> str:
     return children[0]
 
 
-def _read_stat(pid: int) -> tuple[int, int] | None:
-    """Session ID and RSS (bytes) of a process, or `None` if it is gone."""
+def _read_stat(pid: int) -> tuple[int, int, float] | None:
+    """Session ID, RSS (bytes) and CPU time (user + system, s) of a process, or `None` if
+    it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         statm = Path(f"/proc/{pid}/statm").read_text()
@@ -210,7 +219,8 @@ def _read_stat(pid: int) -> tuple[int, int] | None:
     fields = stat[stat.rindex(")") + 2 :].split()
     if fields[0] == "Z":
         return None
-    return int(fields[3]), int(statm.split()[1]) * _PAGE_SIZE
+    cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return int(fields[3]), int(statm.split()[1]) * _PAGE_SIZE, cpu
 
 
 def _cmdline(pid: int) -> str:
@@ -221,7 +231,7 @@ def _cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
-def session_processes(session: int) -> dict[int, tuple[str, int]]:
+def session_processes(session: int) -> dict[int, tuple[str, int, float]]:
     """Return the live (not zombie) processes of a session.
 
     Parameters
@@ -232,8 +242,9 @@ def session_processes(session: int) -> dict[int, tuple[str, int]]:
 
     Returns
     -------
-    processes : `dict` [`int`, `tuple` [`str`, `int`]]
-        Command line and resident set size (bytes) of each process, by PID.
+    processes : `dict` [`int`, `tuple` [`str`, `int`, `float`]]
+        Command line, resident set size (bytes) and CPU time so far (user +
+        system, seconds) of each process, by PID.
     """
     found = {}
     for entry in os.scandir("/proc"):
@@ -242,26 +253,32 @@ def session_processes(session: int) -> dict[int, tuple[str, int]]:
         pid = int(entry.name)
         stat = _read_stat(pid)
         if stat is not None and stat[0] == session:
-            found[pid] = (_cmdline(pid), stat[1])
+            found[pid] = (_cmdline(pid), stat[1], stat[2])
     return found
 
 
-def terminate_session(session: int, timeout: float = 10.0) -> dict[int, str]:
+def terminate_session(session: int, grace: float = 5.0, timeout: float = 10.0) -> dict[int, str]:
     """Terminate what is left of a session: SIGTERM, then SIGKILL after ``timeout``.
 
     Parameters
     ----------
     session : `int`
-        Session ID of a command this process started.
+        Session ID of a command this process started (and waited for).
+    grace : `float`, optional
+        Seconds to let the session's processes exit on their own first (a
+        Parsl worker pool told to stop may take a moment).
     timeout : `float`, optional
-        Seconds to wait for the processes to exit before killing them.
+        Seconds to wait after SIGTERM before SIGKILL.
 
     Returns
     -------
     leftovers : `dict` [`int`, `str`]
-        Command lines of the processes that were still running.
+        Command lines of the processes still running after ``grace``.
     """
-    left = {pid: cmd for pid, (cmd, _) in session_processes(session).items()}
+    deadline = time.monotonic() + grace
+    while session_processes(session) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = {pid: cmd for pid, (cmd, *_) in session_processes(session).items()}
     for pid in left:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -292,7 +309,8 @@ class SessionMonitor:
     -----
     Use as a context manager around the wait for the command.  Memory is the
     resident set size read from ``/proc``: a process shorter than
-    ``interval`` may be missed, and a peak between two samples too.
+    ``interval`` may be missed, and a peak between two samples too; the CPU
+    time of a process is its last sampled value (up to ``interval`` short).
     """
 
     def __init__(self, session: int, interval: float = 0.5):
@@ -300,6 +318,7 @@ class SessionMonitor:
         self.interval = interval
         self.commands: dict[int, str] = {}
         self.peak_rss: dict[int, int] = {}
+        self.cpu: dict[int, float] = {}
         self.samples: list[tuple[float, frozenset[int], int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -316,10 +335,11 @@ class SessionMonitor:
         t0 = time.monotonic()
         while True:
             procs = session_processes(self.session)
-            for pid, (cmd, rss) in procs.items():
+            for pid, (cmd, rss, cpu) in procs.items():
                 self.commands.setdefault(pid, cmd)
                 self.peak_rss[pid] = max(rss, self.peak_rss.get(pid, 0))
-            total = sum(rss for _, rss in procs.values())
+                self.cpu[pid] = cpu
+            total = sum(rss for _, rss, _ in procs.values())
             self.samples.append((time.monotonic() - t0, frozenset(procs), total))
             if self._stop.wait(self.interval):
                 return
@@ -337,6 +357,11 @@ class SessionMonitor:
     def peak_total_rss(self) -> int:
         """Largest sum of the RSS of the session's processes in one sample (bytes)."""
         return max((total for _, _, total in self.samples), default=0)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of every process seen, summed (seconds)."""
+        return sum(self.cpu.values())
 
     def peak_single_rss(self, predicate: Callable[[str], bool]) -> int:
         """Largest RSS of one process satisfying ``predicate`` (bytes; 0 if none)."""
