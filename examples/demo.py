@@ -2,7 +2,7 @@
 
 Run it as::
 
-    python examples/demo.py [--output demo_output] [--quick] [-j 2]
+    python examples/demo.py [--output demo_output] [--quick] [-j 2] [--bps]
 
 What it does, step by step (each step logs a line; pipetask's own output is
 streamed, prefixed with ``pipetask |``):
@@ -54,6 +54,16 @@ streamed, prefixed with ``pipetask |``):
 
 ``--quick`` (2 detectors of 192x192, smaller samples) is what
 ``tests/test_demo.py`` runs.
+
+``--bps`` runs steps 3 and 4 with ``bps submit`` (lsst-ctrl-bps through
+lsst-ctrl-bps-parsl, the Parsl local site with ``-j`` workers) of the
+package's ``bps/`` submit files instead of ``pipetask run``, into the same
+collections; bps's output is streamed, prefixed with ``bps |``.  It writes
+a submit file of its own to ``<output>/bps/`` for each step (the package's
+file with ``site.local.cores`` set to ``-j``: how to change a site's
+numbers), and bps writes its submit directories (quantum graph, one log per
+quantum) to ``<output>/bps/submit/`` and Parsl's logs to
+``<output>/bps/runinfo/``.
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ __all__ = ["DemoSettings", "main", "run_demo"]
 
 import argparse
 import functools
+import importlib.util
 import json
 import logging
 import math
@@ -113,13 +124,14 @@ OFF_SOURCE_CLEARANCE = 7.0
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Size of the demo run."""
+    """Size of the demo run, and whether it runs through BPS (`bps`) or pipetask."""
 
     n_detectors: int = 4
     size: int = 512
     density: float = 0.02
     seed: int = 1
     jobs: int = 2
+    bps: bool = False
     n_saturated: int = 5
     crb_sample: int = 250
     n_faint_targets: int = 150
@@ -216,28 +228,150 @@ def run_pipetask(
         If pipetask exits with a non-zero status (the last lines are in the
         message; the whole output is in ``log_path``).
     """
-    cmd = [_pipetask_executable(), *args]
+    _run_streamed(
+        [_pipetask_executable(), *args], log_path, progress, prefix, dict(os.environ), None
+    )
+
+
+def _run_streamed(
+    cmd: list[str],
+    log_path: Path,
+    progress: _Progress,
+    prefix: str,
+    env: dict[str, str],
+    cwd: Path | None,
+    new_session: bool = False,
+) -> None:
+    """Run ``cmd``, streaming its output to the progress stream and ``log_path``.
+
+    With ``new_session`` the command leads a session of its own, and whatever
+    is left of that session when it ends (Parsl's worker pool leaves the
+    process tree but not the session) is terminated.  Raises `RuntimeError`
+    with the last lines if the command fails.
+    """
     progress("$ " + " ".join(_shell_quote(a) for a in cmd))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(env, PYTHONUNBUFFERED="1")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: list[str] = []
     with (
         open(log_path, "w") as log,
         subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=cwd,
+            bufsize=1,
+            start_new_session=new_session,
         ) as proc,
     ):
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            print(prefix + line.rstrip("\n"), file=progress.stream, flush=True)
-            tail = (tail + [line.rstrip("\n")])[-40:]
-        code = proc.wait()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                print(prefix + line.rstrip("\n"), file=progress.stream, flush=True)
+                tail = (tail + [line.rstrip("\n")])[-40:]
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if new_session:
+                from lsst.meas.crowdsource.testing.bps import terminate_session
+
+                left = terminate_session(proc.pid)
+                if left:
+                    progress(f"terminated {len(left)} process(es) left running: {left}")
     if code != 0:
         raise RuntimeError(
-            f"pipetask failed with exit code {code} (full output in {log_path}):\n"
+            f"{Path(cmd[0]).name} failed with exit code {code} (full output in {log_path}):\n"
             + "\n".join(tail)
         )
+
+
+def write_bps_submit_file(workdir: Path, submit_file: str, cores: int) -> Path:
+    """Write a submit file of the user's own: the package's ``bps/<submit_file>`` with the
+    Parsl local site's ``cores`` changed (what README.md, "Scaling out", shows)."""
+    from lsst.meas.crowdsource.testing.bps import bps_dir
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / submit_file
+    path.write_text(
+        f"# Written by examples/demo.py --bps: the package's submit file, {cores} local workers.\n"
+        f"includeConfigs:\n  - {bps_dir() / submit_file}\n"
+        f"site:\n  local:\n    cores: {int(cores)}\n"
+    )
+    return path
+
+
+def run_pipeline(
+    step: str,
+    pipeline: Path,
+    inputs: str,
+    collection: str,
+    settings: DemoSettings,
+    output: Path,
+    progress: _Progress,
+) -> None:
+    """Run one of the package's pipelines on the demo visit: ``pipetask run -j``, or with
+    ``settings.bps`` ``bps submit`` (Parsl local site, ``settings.jobs`` workers).
+
+    ``step`` is ``"photometry"`` or ``"forced"``; the log goes to
+    ``<output>/logs/{pipetask,bps}_<step>.log``.
+    """
+    repo = output / "repo"
+    query = f"instrument='{INSTRUMENT}' AND visit={VISIT}"
+    if not settings.bps:
+        run_pipetask(
+            [
+                "run",
+                "-b",
+                str(repo),
+                "-i",
+                inputs,
+                "-o",
+                collection,
+                "-p",
+                str(pipeline),
+                "-d",
+                query,
+                "-j",
+                str(settings.jobs),
+                "--register-dataset-types",
+            ],
+            output / "logs" / f"pipetask_{step}.log",
+            progress,
+        )
+        return
+    from lsst.meas.crowdsource.testing.bps import bps_environment, bps_submit_command
+
+    workdir = output / "bps"
+    name = (
+        "CrowdsourcePhotometry.yaml" if step == "photometry" else "CrowdsourceForcedPhotometry.yaml"
+    )
+    submit_file = write_bps_submit_file(workdir, name, settings.jobs)
+    cmd = bps_submit_command(
+        submit_file,
+        repo=repo,
+        inputs=inputs,
+        output=collection,
+        data_query=query,
+        pipeline=pipeline,
+    )
+    _run_streamed(
+        cmd,
+        output / "logs" / f"bps_{step}.log",
+        progress,
+        "bps | ",
+        bps_environment(workdir),
+        workdir,
+        new_session=True,
+    )
+    progress(
+        f"bps submit done: outputs in {collection!r}, job logs in "
+        f"{_display(workdir / 'submit' / collection)}/<timestamp>/logs"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -626,25 +760,8 @@ def run_forced(
         f"from every detected source) as {name!r} (dimensions {list(dims)}) in run {TARGET_RUN!r}"
     )
     targets.write(output / "targets.ecsv", overwrite=True)
-    run_pipetask(
-        [
-            "run",
-            "-b",
-            str(repo),
-            "-i",
-            f"{CALEXP_RUN},{TARGET_RUN}",
-            "-o",
-            FORCED_OUTPUT,
-            "-p",
-            str(pipeline),
-            "-d",
-            f"instrument='{INSTRUMENT}' AND visit={VISIT}",
-            "-j",
-            str(settings.jobs),
-            "--register-dataset-types",
-        ],
-        output / "logs" / "pipetask_forced.log",
-        progress,
+    run_pipeline(
+        "forced", pipeline, f"{CALEXP_RUN},{TARGET_RUN}", FORCED_OUTPUT, settings, output, progress
     )
     return targets, None
 
@@ -1263,7 +1380,11 @@ def run_demo(
     progress(
         f"meas_crowdsource demo into {_display(output)} ({settings.n_detectors} detectors of "
         f"{settings.size}x{settings.size} px, {settings.density:g} stars/px, "
-        f"pipetask -j {settings.jobs})"
+        + (
+            f"bps submit, Parsl local site, {settings.jobs} workers)"
+            if settings.bps
+            else f"pipetask -j {settings.jobs})"
+        )
     )
 
     progress.step(
@@ -1277,28 +1398,10 @@ def run_demo(
     truth.write(output / "truth.ecsv", overwrite=True)
     progress(f"wrote the truth ({len(truth)} stars) to {_display(output / 'truth.ecsv')}")
 
-    progress.step("photometry", "3/6 pipetask run: CrowdsourcePhotometryTask on every detector")
+    runner = "bps submit (Parsl)" if settings.bps else "pipetask run"
+    progress.step("photometry", f"3/6 {runner}: CrowdsourcePhotometryTask on every detector")
     pipeline = package_root() / "pipelines" / "CrowdsourcePhotometryNoAfw.yaml"
-    run_pipetask(
-        [
-            "run",
-            "-b",
-            str(repo),
-            "-i",
-            CALEXP_RUN,
-            "-o",
-            PHOT_OUTPUT,
-            "-p",
-            str(pipeline),
-            "-d",
-            f"instrument='{INSTRUMENT}' AND visit={VISIT}",
-            "-j",
-            str(settings.jobs),
-            "--register-dataset-types",
-        ],
-        output / "logs" / "pipetask_photometry.log",
-        progress,
-    )
+    run_pipeline("photometry", pipeline, CALEXP_RUN, PHOT_OUTPUT, settings, output, progress)
 
     progress.step("forced", "4/6 forced photometry at a target list")
     from lsst.daf.butler import Butler
@@ -1380,11 +1483,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, help="detector side in pixels (default 512; quick 192)")
     parser.add_argument("--density", type=float, help="stars per pixel (default 0.02)")
     parser.add_argument("--seed", type=int, help="random seed (default 1)")
-    parser.add_argument("-j", "--jobs", type=int, help="pipetask processes (default 2)")
+    parser.add_argument(
+        "-j", "--jobs", type=int, help="pipetask processes, or Parsl workers with --bps (default 2)"
+    )
     parser.add_argument(
         "--injection-rounds",
         type=int,
         help="rounds of artificial stars on detector 0 (default 8; quick 3; 0 skips the step)",
+    )
+    parser.add_argument(
+        "--bps",
+        action="store_true",
+        help="run the pipelines with bps submit through Parsl (lsst-ctrl-bps-parsl) on this "
+        "machine instead of pipetask run",
     )
     args = parser.parse_args(argv)
     settings = DemoSettings.quick() if args.quick else DemoSettings()
@@ -1400,7 +1511,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if v is not None
     }
-    settings = replace(settings, **overrides)
+    settings = replace(settings, **overrides, bps=args.bps)
+    if args.bps and importlib.util.find_spec("lsst.ctrl.bps.parsl") is None:
+        parser.error("--bps needs lsst-ctrl-bps-parsl (on Python >= 3.12; see pyproject.toml)")
     if settings.n_detectors < 1 or settings.size < 64 or settings.jobs < 1 or settings.density <= 0:
         parser.error("need --detectors >= 1, --size >= 64, --jobs >= 1 and --density > 0")
     try:
