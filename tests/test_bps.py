@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from lsst.meas.crowdsource.io.butler import make_repo, put_calexp
+from lsst.meas.crowdsource.io.butler import make_repo, put_calexp, put_forced_targets
 from lsst.meas.crowdsource.io.ccddata import make_ccddata
 from lsst.meas.crowdsource.testing.bps import (
     SessionMonitor,
@@ -64,8 +64,6 @@ def is_quantum(cmd: str) -> bool:
 
 def build_repo(repo: Path) -> None:
     """Three detectors of a crowded field and a target list in sky coordinates."""
-    from lsst.daf.butler import DatasetType
-
     butler = make_repo(repo)
     wcs = register_visit(
         butler,
@@ -103,12 +101,7 @@ def build_repo(repo: Path) -> None:
         {"coord_ra": np.concatenate(ra), "coord_dec": np.concatenate(dec)}, units=("deg", "deg")
     )
     targets["objectId"] = np.arange(len(targets), dtype=np.int64) + 100
-    dtype = DatasetType(
-        "crowdsource_forced_targets", (), "ArrowAstropy", universe=butler.dimensions
-    )
-    butler.registry.registerDatasetType(dtype)
-    butler.registry.registerRun("sim/targets")
-    butler.put(targets, dtype, run="sim/targets")
+    put_forced_targets(butler, targets, "sim/targets")
 
 
 def submit(repo: Path, workdir: Path, step: str) -> dict:

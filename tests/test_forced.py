@@ -21,7 +21,7 @@ from lsst.meas.crowdsource import (
 from lsst.meas.crowdsource.catalog import forced_source_columns
 from lsst.meas.crowdsource.engine import InputError
 from lsst.meas.crowdsource.ids import unpacker_from_config
-from lsst.meas.crowdsource.io.butler import make_repo, put_calexp
+from lsst.meas.crowdsource.io.butler import make_repo, put_calexp, put_forced_targets
 from lsst.meas.crowdsource.io.ccddata import make_ccddata
 from lsst.meas.crowdsource.testing.butler import register_visit
 from lsst.meas.crowdsource.testing.evaluation import match_to_truth, robust_scatter
@@ -320,7 +320,7 @@ SIZE = (160, 192)  # rows, columns
 @pytest.fixture(scope="module")
 def pipetask_forced(tmp_path_factory, run_pipetask):
     """Two detectors, one user target list (no dimensions) for both."""
-    from lsst.daf.butler import Butler, DatasetType
+    from lsst.daf.butler import Butler
 
     repo = tmp_path_factory.mktemp("forced_repo")
     butler = make_repo(repo)
@@ -358,12 +358,7 @@ def pipetask_forced(tmp_path_factory, run_pipetask):
     targets = Table(np.concatenate([np.asarray(p.as_array()) for p in parts]))
     targets = targets[rng.permutation(len(targets))]
     targets["objectId"] = rng.choice(10**9, len(targets), replace=False).astype(np.int64)
-    dtype = DatasetType(
-        "crowdsource_forced_targets", (), "ArrowAstropy", universe=butler.dimensions
-    )
-    butler.registry.registerDatasetType(dtype)
-    butler.registry.registerRun("targets")
-    butler.put(targets, dtype, run="targets")
+    put_forced_targets(butler, targets, "targets")
     del butler
     run_pipetask(repo, "sim/calexp,targets", "forced/out", "CrowdsourceForcedPhotometryNoAfw.yaml")
     return Butler.from_config(str(repo), collections="forced/out"), targets, fields

@@ -24,7 +24,7 @@ from astropy.table import Table  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 
 from lsst.meas.crowdsource.ids import unpacker_from_config  # noqa: E402
-from lsst.meas.crowdsource.io.butler import make_repo, put_calexp  # noqa: E402
+from lsst.meas.crowdsource.io.butler import make_repo, put_calexp, put_forced_targets  # noqa: E402
 from lsst.meas.crowdsource.io.images import visit_image_inputs  # noqa: E402
 from lsst.meas.crowdsource.testing.butler import register_visit  # noqa: E402
 from lsst.meas.crowdsource.testing.evaluation import robust_scatter  # noqa: E402
@@ -53,7 +53,7 @@ def _field(det: int, kind: str):
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, run_pipetask):
     """Photometry and forced photometry of three LSSTCam-like visit_images via pipetask."""
-    from lsst.daf.butler import Butler, DatasetType
+    from lsst.daf.butler import Butler
 
     root = tmp_path_factory.mktemp("visit_image_repo")
     butler = make_repo(root)
@@ -115,12 +115,7 @@ def repo(tmp_path_factory, run_pipetask):
     put_calexp(butler, dead, "dp1/visit_image", "LSSTCam", VISIT, DEAD, "visit_image")
     targets = Table(np.concatenate([np.asarray(t.as_array()) for t in targets]))
     targets["objectId"] = rng.choice(10**12, len(targets), replace=False).astype(np.int64)
-    dtype = DatasetType(
-        "crowdsource_forced_targets", (), "ArrowAstropy", universe=butler.dimensions
-    )
-    butler.registry.registerDatasetType(dtype)
-    butler.registry.registerRun("targets")
-    butler.put(targets, dtype, run="targets")
+    put_forced_targets(butler, targets, "targets")
     del butler
     logs = {
         "photometry": run_pipetask(

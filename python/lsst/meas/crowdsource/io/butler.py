@@ -32,6 +32,7 @@ __all__ = [
     "config_dir",
     "make_repo",
     "put_calexp",
+    "put_forced_targets",
     "seed_config_path",
 ]
 
@@ -213,3 +214,32 @@ def put_calexp(
     return butler.put(
         exposure, dtype, instrument=instrument, visit=int(visit), detector=int(detector), run=run
     )
+
+
+def put_forced_targets(
+    butler: Butler, targets, run: str, dataset_type: str = "crowdsource_forced_targets"
+) -> DatasetRef:
+    """Store a forced-photometry target list as the pipelines' reference dataset.
+
+    Parameters
+    ----------
+    butler : `lsst.daf.butler.Butler`
+        Writeable butler.
+    targets : `astropy.table.Table`
+        ``coord_ra``/``coord_dec`` (degrees) or ``x``/``y``, optionally
+        ``objectId`` (see `~lsst.meas.crowdsource.CrowdsourceForcedPhotometryTask`).
+    run : `str`
+        RUN collection to write to (registered if new).
+    dataset_type : `str`, optional
+        Name of the dataset type: no dimensions (one list for every visit
+        and detector), storage class ``ArrowAstropy``.
+
+    Returns
+    -------
+    ref : `lsst.daf.butler.DatasetRef`
+        The stored dataset.
+    """
+    dtype = DatasetType(dataset_type, (), "ArrowAstropy", universe=butler.dimensions)
+    butler.registry.registerDatasetType(dtype)
+    butler.registry.registerRun(run)
+    return butler.put(targets, dtype, run=run)
