@@ -82,8 +82,46 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def run_one(field, params: FitParams, true_sky: bool, keep: dict | None = None) -> dict:
-    """Fit one field and score it (``keep``: gets the images for the figure)."""
+def empty_positions(field, x, y, n: int, min_distance: float, seed: int = 0):
+    """``n`` random positions at least ``min_distance`` from every ``(x, y)`` and the edges."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    ny, nx = field.shape
+    tree = cKDTree(np.column_stack([x, y])) if len(x) else None
+    px, py = [], []
+    for _ in range(100):
+        cx = rng.uniform(min_distance, nx - 1 - min_distance, 4 * n)
+        cy = rng.uniform(min_distance, ny - 1 - min_distance, 4 * n)
+        if tree is not None:
+            d, _ = tree.query(np.column_stack([cx, cy]))
+            keep = d >= min_distance
+            cx, cy = cx[keep], cy[keep]
+        px.extend(cx)
+        py.extend(cy)
+        if len(px) >= n:
+            break
+    return np.asarray(px[:n]), np.asarray(py[:n])
+
+
+def forced_at_empty(field, params: FitParams, found_x, found_y, n: int) -> dict:
+    """Forced photometry at ``n`` positions >= 2 FWHM (8 px) from every detected source."""
+    image = field.image
+    fx, fy = empty_positions(field, found_x, found_y, n, 8.0)
+    res = fit_image(image, field.variance, bad=field.mask != 0, params=params,
+                    forced_x=fx, forced_y=fy)  # fmt: skip
+    c = res.columns
+    rows = np.asarray(c["forced_index"]) >= 0
+    z = np.asarray(c["flux"])[rows] / np.asarray(c["flux_err"])[rows]
+    z = z[np.isfinite(z)]
+    return {"forced_n": int(z.size), "forced_median_z": float(np.median(z)) if z.size else np.nan}
+
+
+def run_one(
+    field, params: FitParams, true_sky: bool, keep: dict | None = None, n_forced: int = 0
+) -> dict:
+    """Fit one field and score it (``keep``: gets the images for the figure; ``n_forced``:
+    also force-fit that many empty positions and report the median flux / error)."""
     image = field.image - field.sky if true_sky else field.image
     t0 = time.perf_counter()
     res = fit_image(image, field.variance, bad=field.mask != 0, params=params)
@@ -112,7 +150,9 @@ def run_one(field, params: FitParams, true_sky: bool, keep: dict | None = None) 
             dsky=(fitted_sky - field.sky) / noise,
             resid=(image - res.model) / np.sqrt(field.variance),  # the model includes the sky
         )
+    forced = forced_at_empty(field, params, c["x"], c["y"], n_forced) if n_forced else {}
     return {
+        **forced,
         "n_det": int(len(c["x"])),
         "compl_10_30": float(mid["completeness"]),
         "spurious": float(scored["summary"]["spurious_fraction"]),
@@ -135,17 +175,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label", default="")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--figure", type=Path, help="PNG: image, sky, sky error, residual per kind")
+    ap.add_argument(
+        "--forced",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also force-fit N empty positions (>= 2 FWHM from every detection): median flux/err",
+    )
     args = ap.parse_args(argv)
     params = FitParams(**parse_overrides(args.set))
     label = args.label or (",".join(args.set) or "default") + (" true-sky" if args.true_sky else "")
     cols = ("n_det", "compl_10_30", "spurious", "scat_crb", "sky_rms", "sky_bias", "seconds")
+    if args.forced:
+        cols = (*cols, "forced_n", "forced_median_z")
     print(f"# {label}: {args.size}² density {args.density} amplitude {args.amplitude}σ")
     print(f"{'kind':10s} " + " ".join(f"{c:>11s}" for c in cols))
     panels = {}
     for kind in args.kinds:
         field = make_field(kind, args.size, args.density, args.amplitude, args.seed)
         panels[kind] = {} if args.figure else None
-        row = run_one(field, params, args.true_sky, panels[kind])
+        row = run_one(field, params, args.true_sky, panels[kind], args.forced)
         print(
             f"{kind:10s} "
             + " ".join(
