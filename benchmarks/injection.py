@@ -56,7 +56,7 @@ from lsst.meas.crowdsource import artificial_stars as art  # noqa: E402
 from lsst.meas.crowdsource.engine.psf_io import psf_to_dict  # noqa: E402
 from lsst.meas.crowdsource.io.ccddata import make_ccddata  # noqa: E402
 from lsst.meas.crowdsource.io.exposure import exposure_inputs  # noqa: E402
-from lsst.meas.crowdsource.matching import match_to_truth  # noqa: E402
+from lsst.meas.crowdsource.testing.evaluation import truth_recovery  # noqa: E402
 
 NJY_PER_COUNT = 0.5
 MATCH_RADIUS = 1.0
@@ -71,28 +71,6 @@ def _clock():
 def _since(t):
     wall, cpu = _clock()
     return wall - t[0], cpu - t[1]
-
-
-def truth_arrays(fld, real, zp):
-    """Magnitude, recovered flag, true flux, measured flux and error of every true star."""
-    t = fld.truth
-    m = match_to_truth(
-        real["x"],
-        real["y"],
-        t["x"],
-        t["y"],
-        MATCH_RADIUS,
-        flux=real["psfInstFlux"],
-        truth_flux=t["flux"],
-    )
-    inside = np.asarray(t["in_image"], bool)
-    det = m.truth_to_det[inside]
-    found = det >= 0
-    pick = np.where(found, det, 0)
-    flux = np.where(found, np.asarray(real["psfInstFlux"], float)[pick], np.nan)
-    err = np.where(found, np.asarray(real["psfInstFluxErr"], float)[pick], np.nan)
-    tf = np.asarray(t["flux"], float)[inside]
-    return {"mag": zp - 2.5 * np.log10(tf), "rec": found, "true": tf, "flux": flux, "err": err}
 
 
 def injected_arrays(table):
@@ -186,7 +164,7 @@ def run_seed(seed, args, edges):
         "photometry_cpu": phot_cpu,
         "setups": {},
     }
-    tru = truth_arrays(fld, real.sourceTable, zp)
+    tru = truth_recovery(fld.truth, real.sourceTable, zp, MATCH_RADIUS)
     arrays = {"truth": tru}
     for setup in args.setups:
         config = CrowdsourceInjectionConfig()

@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,12 +44,10 @@ from typing import Any
 import numpy as np
 
 from lsst.meas.crowdsource.testing.bps import (
-    SessionMonitor,
     bps_dir,
-    bps_environment,
     bps_executable,
     bps_submit_command,
-    terminate_session,
+    run_in_session,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -109,23 +106,7 @@ def run_config(name: str, cmd: list[str], workdir: Path, log: Path) -> dict[str,
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"[{name}] $ {' '.join(cmd)}", flush=True)
     t0 = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=workdir,
-            env=bps_environment(workdir),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            with SessionMonitor(proc.pid, interval=0.5) as monitor:
-                code = proc.wait()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            leftovers = terminate_session(proc.pid)
+    code, monitor, leftovers = run_in_session(cmd, workdir, log, interval=0.5)
     wall = time.perf_counter() - t0
     if code != 0:
         raise RuntimeError(f"{name} failed ({code}); the end of {log}:\n{log.read_text()[-3000:]}")

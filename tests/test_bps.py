@@ -7,7 +7,6 @@ given with ``-p``); the catalogues and models must be identical.  Skipped
 where lsst-ctrl-bps-parsl is not installed (Python 3.11).
 """
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,12 +17,10 @@ from astropy.table import Table
 from lsst.meas.crowdsource.io.butler import make_repo, put_calexp, put_forced_targets
 from lsst.meas.crowdsource.io.ccddata import make_ccddata
 from lsst.meas.crowdsource.testing.bps import (
-    SessionMonitor,
     bps_dir,
-    bps_environment,
     bps_submit_command,
     output_run,
-    terminate_session,
+    run_in_session,
 )
 from lsst.meas.crowdsource.testing.butler import register_visit
 from lsst.meas.crowdsource.testing.simulate import simulate_field
@@ -117,24 +114,7 @@ def submit(repo: Path, workdir: Path, step: str) -> dict:
         pipeline=ROOT / "pipelines" / pipeline,
     )
     log = workdir / "bps_submit.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=workdir,
-            env=bps_environment(workdir),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            with SessionMonitor(proc.pid, interval=0.25) as monitor:
-                code = proc.wait(timeout=900)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            # What bps left running in its session; terminated here in any case.
-            leftovers = terminate_session(proc.pid)
+    code, monitor, leftovers = run_in_session(cmd, workdir, log, interval=0.25, timeout=900)
     text = log.read_text()
     assert code == 0, text[-5000:]
     return {"log": text, "monitor": monitor, "leftovers": leftovers, "workdir": workdir}

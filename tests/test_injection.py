@@ -30,6 +30,7 @@ from lsst.meas.crowdsource.engine import moffat_stamp
 from lsst.meas.crowdsource.io.ccddata import make_ccddata
 from lsst.meas.crowdsource.io.exposure import exposure_inputs
 from lsst.meas.crowdsource.matching import match_to_truth
+from lsst.meas.crowdsource.testing.evaluation import truth_recovery
 from lsst.meas.crowdsource.testing.simulate import simulate_field
 
 PHOTCALIB = 0.5  # nJy per count: AB magnitudes
@@ -272,24 +273,9 @@ def crowded_field():
 
 def _truth_summary(f, real, summary):
     """The true stars of the field scored like the artificial ones, in the same bins."""
-    t = f.truth
-    match = match_to_truth(
-        real["x"],
-        real["y"],
-        t["x"],
-        t["y"],
-        MATCH_RADIUS,
-        flux=real["psfInstFlux"],
-        truth_flux=t["flux"],
-    )
-    inside = np.asarray(t["in_image"], bool)
-    det = match.truth_to_det[inside]
-    found = det >= 0
-    flux = np.where(found, np.asarray(real["psfInstFlux"])[np.where(found, det, 0)], np.nan)
-    err = np.where(found, np.asarray(real["psfInstFluxErr"])[np.where(found, det, 0)], np.nan)
-    mag = summary.meta["zeroPoint"] - 2.5 * np.log10(np.asarray(t["flux"])[inside])
+    a = truth_recovery(f.truth, real, summary.meta["zeroPoint"], MATCH_RADIUS)
     edges = np.append(summary["magMin"], summary["magMax"][-1])
-    return art.summarize(mag, found, np.asarray(t["flux"])[inside], flux, err, edges)
+    return art.summarize(a["mag"], a["rec"], a["true"], a["flux"], a["err"], edges)
 
 
 def test_injection_leaves_the_real_field_unchanged(crowded_field):

@@ -19,6 +19,7 @@ returned, and sampling it gives the peak memory of the whole run.  Linux only
 from __future__ import annotations
 
 __all__ = [
+    "run_in_session",
     "SessionMonitor",
     "bps_dir",
     "bps_environment",
@@ -32,6 +33,7 @@ __all__ = [
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -366,3 +368,43 @@ class SessionMonitor:
     def peak_single_rss(self, predicate: Callable[[str], bool]) -> int:
         """Largest RSS of one process satisfying ``predicate`` (bytes; 0 if none)."""
         return max((self.peak_rss[pid] for pid in self.matching(predicate)), default=0)
+
+
+def run_in_session(
+    cmd: Sequence[str],
+    workdir: Path,
+    log: Path,
+    *,
+    interval: float = 0.5,
+    timeout: float | None = None,
+) -> tuple[int, SessionMonitor, dict[int, str]]:
+    """Run ``cmd`` in a new session under a `SessionMonitor`, output to ``log``.
+
+    The command runs in ``workdir`` with `bps_environment`.  Whatever it
+    leaves running in its session (Parsl's worker pool leaves the process
+    tree) is terminated afterwards, in any case.
+
+    Returns
+    -------
+    code, monitor, leftovers : `int`, `SessionMonitor`, `dict` [`int`, `str`]
+        Exit status, the monitor (CPU time, peak memory, commands seen) and
+        the processes that were still running (`terminate_session`).
+    """
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=workdir,
+            env=bps_environment(workdir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            with SessionMonitor(proc.pid, interval=interval) as monitor:
+                code = proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            leftovers = terminate_session(proc.pid)
+    return code, monitor, leftovers

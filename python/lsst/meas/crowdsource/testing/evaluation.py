@@ -23,6 +23,7 @@ __all__ = [
     "Match",
     "match_to_truth",
     "score_catalog",
+    "truth_recovery",
     "robust_scatter",
     "isolated_crb_flux_error",
     "crowded_crb_flux_error",
@@ -241,6 +242,43 @@ def score_catalog(
         summary["n_det_snr"] = 0
         summary["spurious_fraction_snr"] = float("nan")
     return {"bins": bins, "summary": summary, "match": match}
+
+
+def truth_recovery(
+    truth: Table, catalog, zero_point: float, radius: float = 1.0
+) -> dict[str, np.ndarray]:
+    """The true stars inside the image, scored as artificial stars are.
+
+    Matches ``catalog`` (``x``, ``y``, ``psfInstFlux``, ``psfInstFluxErr``)
+    to ``truth`` one to one (`match_to_truth`, ranked by flux agreement) and
+    returns, for each true star with ``in_image``, the arrays that
+    `lsst.meas.crowdsource.artificial_stars.summarize` takes: ``mag``
+    (``zero_point - 2.5 log10(flux)``), ``rec`` (matched), ``true`` (true
+    flux), ``flux`` and ``err`` (the matched source's, NaN when not found).
+    """
+    match = match_to_truth(
+        catalog["x"],
+        catalog["y"],
+        truth["x"],
+        truth["y"],
+        radius,
+        flux=catalog["psfInstFlux"],
+        truth_flux=truth["flux"],
+    )
+    inside = np.asarray(truth["in_image"], bool)
+    det = match.truth_to_det[inside]
+    found = det >= 0
+    pick = np.where(found, det, 0)
+    flux = np.where(found, np.asarray(catalog["psfInstFlux"], float)[pick], np.nan)
+    err = np.where(found, np.asarray(catalog["psfInstFluxErr"], float)[pick], np.nan)
+    true_flux = np.asarray(truth["flux"], float)[inside]
+    return {
+        "mag": zero_point - 2.5 * np.log10(true_flux),
+        "rec": found,
+        "true": true_flux,
+        "flux": flux,
+        "err": err,
+    }
 
 
 # --------------------------------------------------------------------------
