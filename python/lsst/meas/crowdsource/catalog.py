@@ -104,6 +104,8 @@ _DIAGNOSTICS = {
     "crowdsource_flag_edge": "flag_edge",
     "crowdsource_flag_noGoodPixels": "flag_no_good_pixels",
     "crowdsource_flag_fitFailed": "flag_fit_failed",
+    "crowdsource_flag_unfittable": "flag_unfittable",
+    "crowdsource_flag_sourceCap": "flag_source_cap",
 }
 
 

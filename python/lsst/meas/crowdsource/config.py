@@ -330,6 +330,54 @@ class CrowdsourceFitConfig(pexConfig.Config):
         doc="FWHM (pixels) of the Moffat used when no PSF is given; 0 estimates it.",
     )
 
+    # Bounds on the work (hostile inputs)
+    maxSourceDensity = pexConfig.Field[float](
+        dtype=float,
+        default=0.25,
+        doc="Most sources found per pixel of a tile (forced positions not counted): one per 4 pixels, more than any PSF of FWHM >= 2 px can separate.  A tile that reaches it keeps its most significant peaks, warns and sets flag_source_cap.",
+    )
+    maxNewPeakDensity = pexConfig.Field[float](
+        dtype=float,
+        default=0.1,
+        doc="Most new peaks per pixel of a tile in one pass; beyond it the most significant are kept (with a warning and flag_source_cap).",
+    )
+    maskDefects = pexConfig.Field[bool](
+        dtype=bool,
+        default=True,
+        doc="Leave out the plateaus and steps no PSF can fit (unmasked dead or runaway amplifiers, offset jumps, hot columns), with a warning; sources whose PSF core touches them get flag_unfittable.",
+    )
+    plateauMinPixels = pexConfig.Field[int](
+        dtype=int,
+        default=25,
+        doc="A plateau is a connected region of at least this many pixels whose 3x3 neighbourhoods span less than plateau_tolerance sigma (0: never).",
+    )
+    plateauMaxSaturated = pexConfig.Field[int](
+        dtype=int,
+        default=1000,
+        doc="A plateau of at most this many pixels that nothing around it exceeds is taken "
+        "for the clipped core of an unflagged saturated star: saturated, not bad.",
+    )
+    plateauTolerance = pexConfig.Field[float](
+        dtype=float,
+        default=0.001,
+        doc="Largest 3x3 spread (in pixel sigma) of the pixels of a plateau.",
+    )
+    stepThreshold = pexConfig.Field[float](
+        dtype=float,
+        default=30.0,
+        doc="A step is a straight row or column edge, at least step_min_length pixels long, across which neighbouring pixels differ by more than this many sigma, all with one sign.",
+    )
+    stepMinLength = pexConfig.Field[int](
+        dtype=int,
+        default=32,
+        doc="Shortest edge (pixels) taken for a step (0: never).",
+    )
+    stepMargin = pexConfig.Field[int](
+        dtype=int,
+        default=6,
+        doc="Pixels left out on each side of a step (where the sky cannot follow).",
+    )
+
     # Tiling
     tileSize = pexConfig.Field[int](
         dtype=int,
@@ -402,6 +450,15 @@ class CrowdsourceFitConfig(pexConfig.Config):
             psf_min_fracflux=self.psfMinFracflux,
             psf_max_median_loss=self.psfMaxMedianLoss,
             initial_fwhm=self.initialFwhm,
+            max_source_density=self.maxSourceDensity,
+            max_new_peak_density=self.maxNewPeakDensity,
+            mask_defects=self.maskDefects,
+            plateau_min_pixels=self.plateauMinPixels,
+            plateau_max_saturated=self.plateauMaxSaturated,
+            plateau_tolerance=self.plateauTolerance,
+            step_threshold=self.stepThreshold,
+            step_min_length=self.stepMinLength,
+            step_margin=self.stepMargin,
             tile_size=self.tileSize,
             tile_overlap=self.tileOverlap,
             n_processes=self.nProcesses,

@@ -216,10 +216,16 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
 
 
 def history_metadata(metadata, result: FitResult) -> None:
-    """Record per-pass source counts and timings in task metadata."""
+    """Record per-pass source counts and timings, caps reached and defects in task metadata."""
     passes = [h for h in result.history if not h.get("final")]
     metadata["nSources"] = len(result)
     metadata["nTiles"] = result.n_tiles
     metadata["sourcesPerPass"] = [int(h["n_sources"]) for h in passes]
     metadata["newPeaksPerPass"] = [int(h["n_new"]) for h in passes]
     metadata["secondsPerPass"] = [float(h["seconds"]) for h in passes]
+    metadata["sourceCapReached"] = any(h.get("capped", False) for h in passes)
+    defects = result.defects
+    metadata["nPlateaus"] = defects.n_plateaus if defects else 0
+    metadata["nSteps"] = defects.n_steps if defects else 0
+    metadata["nUnfittablePixels"] = int(defects.mask.sum()) if defects else 0
+    metadata["noiseRatio"] = float(result.noise_ratio)

@@ -78,6 +78,18 @@ ENGINE_COLUMNS: dict[str, tuple[str, str, str]] = {
     "flag_fit_failed": ("?", "", "The fit gave no finite flux."),
     "flag_saturated_center": ("?", "", "The central pixel is saturated."),
     "off_image": ("?", "", "A forced position off the image: not fit, flux NaN."),
+    "flag_unfittable": (
+        "?",
+        "",
+        "The PSF core of the source touches pixels left out as a plateau or step no PSF "
+        "can fit (an unmasked dead amplifier, offset jump, hot column; see mask_defects).",
+    ),
+    "flag_source_cap": (
+        "?",
+        "",
+        "The source's tile reached max_source_density or max_new_peak_density: only its "
+        "most significant peaks were kept, so the catalogue there is incomplete.",
+    ),
 }
 
 

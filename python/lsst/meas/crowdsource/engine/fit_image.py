@@ -28,11 +28,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .columns import ENGINE_COLUMNS, empty_columns, pixel_flag_columns
+from .defects import NOISE_RATIO_WARN, Defects, find_defects, noise_ratio
 from .errors import InputError
 from .image import ImageData
 from .loop import TileFit, fit_tile
@@ -72,6 +73,14 @@ class FitResult:
         Per tile and pass: sources, new peaks, sky level, PSF, timing.
     xy0 : `tuple` [`int`, `int`]
         PARENT coordinates of the array's first pixel.
+    n_tiles : `int`
+        Number of tiles fit.
+    defects : `Defects` or `None`
+        The plateaus and steps left out of the fit (`None`: not looked for).
+    noise_ratio : `float`
+        The image's pixel-to-pixel scatter over what its variance says
+        (`~lsst.meas.crowdsource.engine.defects.noise_ratio`; ~1 when the
+        variance is right).
     """
 
     columns: dict[str, np.ndarray]
@@ -82,6 +91,8 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     xy0: tuple[int, int] = (0, 0)
     n_tiles: int = 1
+    defects: Defects | None = None
+    noise_ratio: float = float("nan")
 
     def __len__(self) -> int:
         return len(self.columns["x"])
@@ -257,6 +268,11 @@ def fit_image(
     params.validate()
     t0 = time.perf_counter()
     data = ImageData.from_arrays(image, variance, weight, bad, saturated, flag_planes, xy0)
+    defects = _mask_defects(data, params, log)
+    if defects and params.n_coarse_sky:
+        # One median cannot stand for the sky on both sides of a step or plateau.
+        params = replace(params, n_coarse_sky=0)
+    scatter = _check_noise(data, log)
     model_psf = _as_psf(psf, data, params.psf_order)
     forced = _forced_positions(data, forced_x, forced_y)
     tiles = make_tiles(data.shape, params.tile_size, params.tile_overlap)
@@ -274,12 +290,54 @@ def fit_image(
     columns, model, sky, psf_out, history = _stitch(results, data.shape, home, params.merge_radius)
     column_info = dict(ENGINE_COLUMNS)
     _add_pixel_flags(columns, column_info, data.flags, psf_out)
+    if defects:
+        columns["flag_unfittable"] = _core_hits(defects.mask, columns["x"], columns["y"], psf_out)[
+            0
+        ]
     if forced is not None:
         columns = _one_row_per_forced_position(columns, forced, home, log)
     columns["x"], columns["y"] = data.to_parent(columns["x"], columns["y"])
     columns["x_iso"], columns["y_iso"] = data.to_parent(columns["x_iso"], columns["y_iso"])
     log.info("Fit %d sources in %.1f s.", len(columns["x"]), time.perf_counter() - t0)
-    return FitResult(columns, column_info, model + sky, sky, psf_out, history, data.xy0, len(tiles))
+    return FitResult(
+        columns,
+        column_info,
+        model + sky,
+        sky,
+        psf_out,
+        history,
+        data.xy0,
+        len(tiles),
+        defects,
+        scatter,
+    )
+
+
+def _check_noise(data: ImageData, log: logging.Logger) -> float:
+    """`noise_ratio`, with a warning when the variance and the pixel scatter disagree."""
+    ratio = noise_ratio(data.image, data.weight)
+    if np.isfinite(ratio) and not 1 / NOISE_RATIO_WARN <= ratio <= NOISE_RATIO_WARN:
+        log.warning(
+            "The image scatters %.3g times as much as its variance says: the variance "
+            "is probably wrong (thresholds and errors assume it is right).",
+            ratio,
+        )
+    return ratio
+
+
+def _mask_defects(data: ImageData, params: FitParams, log: logging.Logger) -> Defects | None:
+    """Find the plateaus and steps (`find_defects`) and give them zero weight, with a warning."""
+    if not params.mask_defects:
+        return None
+    defects = find_defects(data.image, data.weight, params)
+    if defects:
+        data.weight[defects.mask | defects.clipped] = 0.0
+        data.saturated = data.saturated | defects.clipped
+        log.warning(
+            "Left out %s that no PSF can fit (an unmasked bad amplifier, offset or column?).",
+            defects.describe(),
+        )
+    return defects
 
 
 def _one_row_per_forced_position(
@@ -363,21 +421,27 @@ def _add_pixel_flags(
         return
     x = columns["x"]
     y = columns["y"]
+    for name, plane in flag_planes.items():
+        cols = pixel_flag_columns(name)
+        any_name, center_name = list(cols)
+        columns[any_name], columns[center_name] = _core_hits(plane, x, y, psf)
+        info.update(cols)
+
+
+def _core_hits(
+    plane: np.ndarray, x: np.ndarray, y: np.ndarray, psf: PixelPsf | TiledPsf
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per source: is ``plane`` set within its PSF core (ceil(FWHM) disc), in its central 3x3."""
     fwhm = psf.fwhm()
     r = max(1, int(np.ceil(fwhm if np.isfinite(fwhm) else 2.0)))
     off = np.arange(-r, r + 1)
     oy, ox = np.meshgrid(off, off, indexing="ij")
     disc = (ox**2 + oy**2) <= r * r
     center = (np.abs(ox) <= 1) & (np.abs(oy) <= 1)
-    for name, plane in flag_planes.items():
-        plane = np.asarray(plane, bool)
-        ny, nx = plane.shape
-        ix = np.round(x).astype(np.int64)[:, None, None] + ox[None]
-        iy = np.round(y).astype(np.int64)[:, None, None] + oy[None]
-        inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-        vals = np.where(inside, plane[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)], False)
-        cols = pixel_flag_columns(name)
-        any_name, center_name = list(cols)
-        columns[any_name] = (vals & disc[None]).any(axis=(1, 2))
-        columns[center_name] = (vals & center[None]).any(axis=(1, 2))
-        info.update(cols)
+    plane = np.asarray(plane, bool)
+    ny, nx = plane.shape
+    ix = np.round(x).astype(np.int64)[:, None, None] + ox[None]
+    iy = np.round(y).astype(np.int64)[:, None, None] + oy[None]
+    inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+    vals = np.where(inside, plane[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)], False)
+    return (vals & disc[None]).any(axis=(1, 2)), (vals & center[None]).any(axis=(1, 2))

@@ -32,7 +32,7 @@ from .image import ImageData, pixel_values
 from .linear import LinearFit, solve_scene
 from .measure import StampMeasurements, measure_sources, stamp_flags, usable_fraction
 from .params import FitParams
-from .peaks import MatchedFilter, find_peaks, saturated_sources, saturated_wings
+from .peaks import MatchedFilter, Peaks, find_peaks, saturated_sources, saturated_wings
 from .psf import PixelPsf
 from .psf_fit import TilePsf, refit_psf
 from .scene import StampGroup, choose_stamp_sizes, render_scene, scene_image, wing_image
@@ -168,6 +168,7 @@ class TileState:
         self.scene.sky = np.full(self.shape, global_sky(self.image, self.good))
         self.solution: _Solution | None = None
         self.history: list[dict] = []
+        self.capped = False  # a cap on the number of sources was reached
 
     # --- the steps -----------------------------------------------------------
 
@@ -223,8 +224,39 @@ class TileState:
         if it == 0 and self.any_saturated:
             mf = MatchedFilter.compute(resid, self.weight, kernel, with_coverage=False)
             peaks = peaks.concatenate(saturated_sources(self.saturated, mf.flux))
+        peaks = self._cap(peaks, it)
         self.sources.add(peaks.x, peaks.y, peaks.flux, it)
         return len(peaks)
+
+    def _cap(self, peaks: Peaks, it: int) -> Peaks:
+        """The most significant of ``peaks`` that fit under the caps on new and found sources.
+
+        Only pathological inputs (a variance far too small, a defect that
+        was not recognised) reach them; the tile is then marked ``capped``.
+        """
+        p = self.params
+        area = self.shape[0] * self.shape[1]
+        n_found = int(np.count_nonzero(self.sources.forced_index < 0))
+        room = min(
+            int(p.max_new_peak_density * area),
+            max(int(p.max_source_density * area) - n_found, 0),
+        )
+        if len(peaks) <= room:
+            return peaks
+        self.capped = True
+        self.log.warning(
+            "%spass %d: %d new peaks, but the caps (max_new_peak_density=%g, "
+            "max_source_density=%g per pixel) leave room for %d: keeping the most "
+            "significant; is the variance right, or is a defect unmasked?",
+            self.label,
+            it,
+            len(peaks),
+            p.max_new_peak_density,
+            p.max_source_density,
+            room,
+        )
+        keep = np.sort(np.argsort(-peaks.significance, kind="stable")[:room])
+        return peaks.subset(keep)
 
     def solve(self) -> None:
         """Fit every flux and position derivative at once; update the model."""
@@ -361,6 +393,7 @@ class TileState:
                 psf_fwhm=float(self.psf.fwhm),
                 psf_stars=int(self.psf.n_stars),
                 solver_iterations=self.solution.lin.iterations,
+                capped=self.capped,
                 seconds=dt,
             )
         )
@@ -479,6 +512,8 @@ class TileState:
             flag_fit_failed=~np.isfinite(flux),
             flag_saturated_center=None,
             off_image=np.zeros(len(src), dtype=bool),
+            flag_unfittable=np.zeros(len(src), dtype=bool),
+            flag_source_cap=np.full(len(src), self.capped),
         )
 
     def _pad_unfit(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

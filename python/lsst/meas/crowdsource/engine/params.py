@@ -295,6 +295,65 @@ class FitParams:
         metadata={"doc": "FWHM (pixels) of the Moffat used when no PSF is given; 0 estimates it."},
     )
 
+    # --- bounds on the work (hostile inputs)
+    max_source_density: float = field(
+        default=0.25,
+        metadata={
+            "doc": "Most sources found per pixel of a tile (forced positions not counted): "
+            "one per 4 pixels, more than any PSF of FWHM >= 2 px can separate.  A tile that "
+            "reaches it keeps its most significant peaks, warns and sets flag_source_cap."
+        },
+    )
+    max_new_peak_density: float = field(
+        default=0.1,
+        metadata={
+            "doc": "Most new peaks per pixel of a tile in one pass; beyond it the most "
+            "significant are kept (with a warning and flag_source_cap)."
+        },
+    )
+    mask_defects: bool = field(
+        default=True,
+        metadata={
+            "doc": "Leave out the plateaus and steps no PSF can fit (unmasked dead or "
+            "runaway amplifiers, offset jumps, hot columns), with a warning; sources whose "
+            "PSF core touches them get flag_unfittable."
+        },
+    )
+    plateau_min_pixels: int = field(
+        default=25,
+        metadata={
+            "doc": "A plateau is a connected region of at least this many pixels whose 3x3 "
+            "neighbourhoods span less than plateau_tolerance sigma (0: never)."
+        },
+    )
+    plateau_max_saturated: int = field(
+        default=1000,
+        metadata={
+            "doc": "A plateau of at most this many pixels that nothing around it exceeds is "
+            "taken for the clipped core of an unflagged saturated star: saturated, not bad."
+        },
+    )
+    plateau_tolerance: float = field(
+        default=1e-3,
+        metadata={"doc": "Largest 3x3 spread (in pixel sigma) of the pixels of a plateau."},
+    )
+    step_threshold: float = field(
+        default=30.0,
+        metadata={
+            "doc": "A step is a straight row or column edge, at least step_min_length pixels "
+            "long, across which neighbouring pixels differ by more than this many sigma, all "
+            "with one sign."
+        },
+    )
+    step_min_length: int = field(
+        default=32,
+        metadata={"doc": "Shortest edge (pixels) taken for a step (0: never)."},
+    )
+    step_margin: int = field(
+        default=6,
+        metadata={"doc": "Pixels left out on each side of a step (where the sky cannot follow)."},
+    )
+
     # --- tiling
     tile_size: int = field(
         default=1024,
@@ -368,6 +427,22 @@ class FitParams:
             bad("min_separation", "min_separation must be >= 0")
         if self.merge_radius < 0:
             bad("merge_radius", "merge_radius must be >= 0")
+        if not self.max_source_density > 0:
+            bad("max_source_density", "max_source_density must be positive")
+        if not self.max_new_peak_density > 0:
+            bad("max_new_peak_density", "max_new_peak_density must be positive")
+        if self.plateau_min_pixels < 0:
+            bad("plateau_min_pixels", "plateau_min_pixels must be >= 0")
+        if self.plateau_max_saturated < 0:
+            bad("plateau_max_saturated", "plateau_max_saturated must be >= 0")
+        if not self.plateau_tolerance >= 0:
+            bad("plateau_tolerance", "plateau_tolerance must be >= 0")
+        if not self.step_threshold > 0:
+            bad("step_threshold", "step_threshold must be positive")
+        if self.step_min_length < 0:
+            bad("step_min_length", "step_min_length must be >= 0")
+        if self.step_margin < 0:
+            bad("step_margin", "step_margin must be >= 0")
         if not 0 <= self.forced_min_qf <= 1:
             bad("forced_min_qf", "forced_min_qf must be in [0, 1]")
         return {name: "; ".join(messages) for name, messages in found.items()}

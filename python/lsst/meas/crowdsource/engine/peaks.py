@@ -88,6 +88,10 @@ class Peaks:
     def __len__(self) -> int:
         return len(self.x)
 
+    def subset(self, index: np.ndarray) -> Peaks:
+        """The candidates at ``index``."""
+        return Peaks(self.x[index], self.y[index], self.flux[index], self.significance[index])
+
     def concatenate(self, other: Peaks) -> Peaks:
         """These candidates followed by ``other``'s."""
         return Peaks(
@@ -213,10 +217,10 @@ def find_peaks(
     sep = params.first_pass_separation or fwhm
     size = max(3, 2 * int(np.ceil(sep)) + 1) if first_pass else 3
     is_max = sig == ndimage.maximum_filter(sig, size=size, mode="constant", cval=-np.inf)
-    faint = is_max & (sig > thr)
+    faint = _one_per_tie(is_max & (sig > thr))
     bright_thr = thr / params.bright_factor
     pix_max = pix_sn == ndimage.maximum_filter(pix_sn, size=size, mode="constant", cval=-np.inf)
-    bright = pix_max & (pix_sn > bright_thr) & (sig > thr)
+    bright = _one_per_tie(pix_max & (pix_sn > bright_thr)) & (sig > thr)
 
     masked = (weight <= 0) | saturated
     edge_of_mask = ndimage.binary_dilation(masked, iterations=1) & ~masked
@@ -246,6 +250,23 @@ def find_peaks(
         x, y, iy, ix = x[keep], y[keep], iy[keep], ix[keep]
     flux = np.maximum(mf.flux[iy, ix], 0.0)
     return Peaks(x, y, flux, sig[iy, ix])
+
+
+def _one_per_tie(is_max: np.ndarray) -> np.ndarray:
+    """``is_max`` with one pixel (the first in raster order) per group of touching maxima.
+
+    Touching maxima have equal values: a flat top (a plateau, a clipped
+    core) would otherwise give a source on every one of its pixels.
+    """
+    labels, n = ndimage.label(is_max, structure=np.ones((3, 3), bool))
+    if n == int(np.count_nonzero(is_max)):
+        return is_max
+    flat = labels.ravel()
+    where = np.flatnonzero(flat)
+    _, first = np.unique(flat[where], return_index=True)
+    out = np.zeros(is_max.size, bool)
+    out[where[first]] = True
+    return out.reshape(is_max.shape)
 
 
 def _stands_out(

@@ -147,6 +147,10 @@ def check_stamp_array(
     return arr
 
 
+MAX_STAMP_OFFSET = 1.0
+"""Largest distance (pixels) of a PSF stamp's centre of light from its central pixel."""
+
+
 def check_psf_stamp(stamp: np.ndarray, name: str = "PSF stamp") -> np.ndarray:
     """Validate a PSF stamp the engine can fit with, and return it normalised to unit sum.
 
@@ -154,13 +158,28 @@ def check_psf_stamp(stamp: np.ndarray, name: str = "PSF stamp") -> np.ndarray:
     ------
     InputError
         If the stamp is not a square, odd-sized (at least 3x3) 2-D array of
-        finite values with a positive sum (`check_stamp_array`).
+        finite values with a positive sum (`check_stamp_array`), or its
+        centre of light is more than `MAX_STAMP_OFFSET` pixels from the
+        central pixel.
     """
     stamp = check_stamp_array(stamp, name, square=True, min_size=3)
     total = stamp.sum()
     if not total > 0:
         raise InputError(f"{name} must have a positive sum; got {total!r}.")
-    return stamp / total
+    stamp = stamp / total
+    # The centre of light of the positive part: robust to negative noise in the wings.
+    light = np.clip(stamp, 0.0, None)
+    half = stamp.shape[0] // 2
+    offsets = np.arange(stamp.shape[0]) - half
+    dx = float(light.sum(axis=0) @ offsets / light.sum())
+    dy = float(light.sum(axis=1) @ offsets / light.sum())
+    if np.hypot(dx, dy) > MAX_STAMP_OFFSET:
+        raise InputError(
+            f"{name} is off-centre: its centre of light is ({dx:+.2f}, {dy:+.2f}) pixels from "
+            f"the central pixel (at most {MAX_STAMP_OFFSET} allowed); positions would be "
+            "biased by as much.  Give the PSF centred on the centre of the central pixel."
+        )
+    return stamp
 
 
 @dataclass
