@@ -334,22 +334,36 @@ class CrowdsourceFitConfig(pexConfig.Config):
     maxSourceDensity = pexConfig.Field[float](
         dtype=float,
         default=0.25,
-        doc="Most sources found per pixel of a tile (forced positions not counted): one per 4 pixels, more than any PSF of FWHM >= 2 px can separate.  A tile that reaches it keeps its most significant peaks, warns and sets flag_source_cap.",
+        doc=(
+            "Most sources found per pixel of a tile (forced positions not counted): one per 4 "
+            "pixels, more than any PSF of FWHM >= 2 px can separate.  A tile that reaches it "
+            "keeps its most significant peaks, warns and sets flag_source_cap."
+        ),
     )
     maxNewPeakDensity = pexConfig.Field[float](
         dtype=float,
         default=0.1,
-        doc="Most new peaks per pixel of a tile in one pass; beyond it the most significant are kept (with a warning and flag_source_cap).",
+        doc=(
+            "Most new peaks per pixel of a tile in one pass; beyond it the most significant are "
+            "kept (with a warning and flag_source_cap)."
+        ),
     )
     maskDefects = pexConfig.Field[bool](
         dtype=bool,
         default=True,
-        doc="Leave out the plateaus and steps no PSF can fit (unmasked dead or runaway amplifiers, offset jumps, hot columns), with a warning; sources whose PSF core touches them get flag_unfittable.",
+        doc=(
+            "Leave out the plateaus and steps no PSF can fit (unmasked dead or runaway "
+            "amplifiers, offset jumps, hot columns), with a warning; sources whose PSF core "
+            "touches them get flag_unfittable."
+        ),
     )
     plateauMinPixels = pexConfig.Field[int](
         dtype=int,
         default=25,
-        doc="A plateau is a connected region of at least this many pixels whose 3x3 neighbourhoods span less than plateau_tolerance sigma (0: never).",
+        doc=(
+            "A plateau is a connected region of at least this many pixels whose 3x3 "
+            "neighbourhoods span less than plateau_tolerance sigma (0: never)."
+        ),
     )
     plateauMaxSaturated = pexConfig.Field[int](
         dtype=int,
@@ -365,7 +379,11 @@ class CrowdsourceFitConfig(pexConfig.Config):
     stepThreshold = pexConfig.Field[float](
         dtype=float,
         default=30.0,
-        doc="A step is a straight row or column edge, at least step_min_length pixels long, across which neighbouring pixels differ by more than this many sigma, all with one sign.",
+        doc=(
+            "A step is a straight row or column edge, at least step_min_length pixels long, "
+            "across which neighbouring pixels differ by more than this many sigma, all with one "
+            "sign."
+        ),
     )
     stepMinLength = pexConfig.Field[int](
         dtype=int,

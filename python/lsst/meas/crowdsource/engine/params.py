@@ -427,6 +427,13 @@ class FitParams:
             bad("min_separation", "min_separation must be >= 0")
         if self.merge_radius < 0:
             bad("merge_radius", "merge_radius must be >= 0")
+        self._work_bound_problems(bad)
+        if not 0 <= self.forced_min_qf <= 1:
+            bad("forced_min_qf", "forced_min_qf must be in [0, 1]")
+        return {name: "; ".join(messages) for name, messages in found.items()}
+
+    def _work_bound_problems(self, bad) -> None:
+        """The checks of the caps and of the defect settings (part of `problems`)."""
         if not self.max_source_density > 0:
             bad("max_source_density", "max_source_density must be positive")
         if not self.max_new_peak_density > 0:
@@ -443,9 +450,6 @@ class FitParams:
             bad("step_min_length", "step_min_length must be >= 0")
         if self.step_margin < 0:
             bad("step_margin", "step_margin must be >= 0")
-        if not 0 <= self.forced_min_qf <= 1:
-            bad("forced_min_qf", "forced_min_qf must be in [0, 1]")
-        return {name: "; ".join(messages) for name, messages in found.items()}
 
     def validate(self) -> None:
         """Check that these values can work.
