@@ -21,7 +21,7 @@ def pipetask_run(tmp_path_factory, run_pipetask):
         butler,
         "SimCam",
         visit=7,
-        detectors=[0, 1, 2],
+        detectors=[0, 1, 2, 3],
         ra=270.0,
         dec=-30.0,
         detector_size=(SIZE[1], SIZE[0]),
@@ -42,6 +42,7 @@ def pipetask_run(tmp_path_factory, run_pipetask):
         )
         put_calexp(butler, ccd, "sim/calexp", "SimCam", 7, det)
         fields[det] = (f, wcs[det])
+    fields[3] = (f, wcs[3])  # the same field, with a runaway amplifier (below)
     # Detector 2 is entirely masked (a dead detector): no work, not a failure.
     dead = make_ccddata(
         f.image,
@@ -53,6 +54,19 @@ def pipetask_run(tmp_path_factory, run_pipetask):
         photcalib=2.5,
     )
     put_calexp(butler, dead, "sim/calexp", "SimCam", 7, 2)
+    # Detector 3: the left half reads 1e9 (a runaway amplifier nobody masked).
+    runaway = f.image.copy()
+    runaway[:, : SIZE[1] // 2] = 1e9
+    hostile = make_ccddata(
+        runaway,
+        f.variance,
+        mask=f.mask,
+        mask_planes=f.mask_planes,
+        wcs=wcs[3],
+        psf=f.psf_stamp,
+        photcalib=2.5,
+    )
+    put_calexp(butler, hostile, "sim/calexp", "SimCam", 7, 3)
     del butler
     proc = run_pipetask(repo, "sim/calexp", "crowdsource/out", "CrowdsourcePhotometryNoAfw.yaml")
     from lsst.daf.butler import Butler
@@ -64,6 +78,8 @@ def test_pipetask_outputs_match_truth(pipetask_run):
     butler, fields, proc = pipetask_run
     ids = []
     for det, (f, wcs) in fields.items():
+        if det == 3:
+            continue
         data_id = dict(instrument="SimCam", visit=7, detector=det)
         table = butler.get("crowdsource_source", data_id)
         assert len(table) > 100
@@ -112,6 +128,27 @@ def test_entirely_masked_detector_is_no_work(pipetask_run):
         ref.dataId["detector"]
         for ref in butler.query_datasets("crowdsource_source", collections="crowdsource/out")
     }
-    assert found == set(fields) == {0, 1}
+    assert found == set(fields) == {0, 1, 3}
     log = proc.stdout + proc.stderr
     assert "No usable pixels" in log
+
+
+def test_runaway_amplifier_is_left_out_with_flags(pipetask_run):
+    """An unmasked half-detector plateau at 1e9 ends as a catalogue of the other half,
+    with the plateau in the metadata and the sources beside it flagged; no hang."""
+    butler, fields, proc = pipetask_run
+    f, _ = fields[3]
+    data_id = dict(instrument="SimCam", visit=7, detector=3)
+    table = butler.get("crowdsource_source", data_id)
+    half = SIZE[1] // 2
+    assert (table["x"] > half - 1).all()
+    assert table["crowdsource_flag_unfittable"].any()
+    assert not table["crowdsource_flag_sourceCap"].any()
+    # About as many sources as on the good half of the same field (detector 1).
+    good = butler.get("crowdsource_source", dict(data_id, detector=1))
+    n_half = np.count_nonzero(good["x"] > half + 6)
+    assert 0.8 * n_half <= len(table) <= 1.1 * n_half + 5, (len(table), n_half)
+    metadata = butler.get("crowdsourcePhotometry_metadata", data_id)["crowdsourcePhotometry"]
+    assert metadata["nPlateaus"] >= 1  # the masked bad column may cut it in two
+    assert metadata["nUnfittablePixels"] >= SIZE[0] * half
+    assert "no PSF can fit" in proc.stdout + proc.stderr

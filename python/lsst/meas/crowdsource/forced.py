@@ -297,8 +297,9 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
         Raises
         ------
         lsst.meas.crowdsource.engine.InputError
-            If the position columns are missing (the message names them), or
-            sky positions are given for an exposure without a WCS.
+            If the position columns are missing (the message names them),
+            sky positions are given for an exposure without a WCS, or its
+            WCS places none of them.
         """
         cols = set(refTable.colnames)
         mode = self.config.positionColumns
@@ -329,6 +330,20 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
             with np.errstate(invalid="ignore"):
                 px, py = inputs.sky_to_pixel(ra[ok], dec[ok])
             x[ok], y[ok] = np.asarray(px, float), np.asarray(py, float)
+        lost = ok & ~(np.isfinite(x) & np.isfinite(y))
+        if lost.any() and lost.sum() == ok.sum():
+            raise InputError(
+                f"The exposure's WCS gives no pixel position for any of the {int(ok.sum())} "
+                "reference positions with finite coordinates: it cannot be inverted there "
+                "(a singular or broken WCS?)."
+            )
+        if lost.any():
+            self.log.warning(
+                "The exposure's WCS gives no pixel position for %d of %d reference positions; "
+                "their rows are NaN and flagged off-image.",
+                int(lost.sum()),
+                int(ok.sum()),
+            )
         return x, y, ra, dec
 
     @timeMethod

@@ -72,6 +72,11 @@ class Defects:
         """Every pixel to leave out of the fit as bad (not the `clipped` cores)."""
         return self.plateau | self.step
 
+    @property
+    def splits_sky(self) -> bool:
+        """A dead plateau or a step: parts of the image at levels no single sky describes."""
+        return bool(self.n_steps or self.plateau.any())
+
     def __bool__(self) -> bool:
         return bool(self.n_plateaus or self.n_steps)
 

@@ -269,7 +269,7 @@ def fit_image(
     t0 = time.perf_counter()
     data = ImageData.from_arrays(image, variance, weight, bad, saturated, flag_planes, xy0)
     defects = _mask_defects(data, params, log)
-    if defects and params.n_coarse_sky:
+    if defects and defects.splits_sky and params.n_coarse_sky:
         # One median cannot stand for the sky on both sides of a step or plateau.
         params = replace(params, n_coarse_sky=0)
     scatter = _check_noise(data, log)

@@ -409,18 +409,7 @@ def make_ccddata(
         mask_arr = np.zeros(shape, dtype=np.int32)
     else:
         mask_arr = _as_int32_mask(mask, shape)
-        declared = 0
-        for bit in planes.values():
-            declared |= 1 << bit
-        used = (
-            int(np.bitwise_or.reduce(mask_arr.view(np.uint32), axis=None)) if mask_arr.size else 0
-        )
-        stray = used & ~declared
-        if stray:
-            raise ValueError(
-                f"mask has bits set (0x{stray:08x}) that belong to no declared mask plane; "
-                f"declared planes: {planes}"
-            )
+        check_declared_bits(mask_arr, planes)
 
     if wcs is not None:
         _check_wcs(wcs)
@@ -586,6 +575,29 @@ def _as_int32_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray:
     return mask_arr.astype(np.int64).astype(np.uint32).view(np.int32).copy()
 
 
+def check_declared_bits(mask: np.ndarray, planes: Mapping[str, int]) -> None:
+    """Refuse an integer mask with bits that belong to no declared plane.
+
+    Raises
+    ------
+    lsst.meas.crowdsource.engine.InputError
+        Naming the stray bits and the declared planes.
+    """
+    declared = 0
+    for bit in planes.values():
+        declared |= 1 << bit
+    mask = np.asarray(mask)
+    unsigned = mask.astype(np.dtype(f"u{mask.dtype.itemsize}"))  # bit 31 of an int32 stays bit 31
+    used = int(np.bitwise_or.reduce(unsigned.ravel())) if mask.size else 0
+    stray = used & ~declared
+    if stray:
+        bits = [b for b in range(64) if stray >> b & 1]
+        raise InputError(
+            f"The mask has bit(s) {', '.join(map(str, bits))} (0x{stray:08x}) set that belong "
+            f"to no declared mask plane; declared planes: {dict(planes)}."
+        )
+
+
 def _check_wcs(wcs: Any) -> None:
     """Require a 2-axis celestial astropy WCS."""
     if not isinstance(wcs, WCS):
@@ -685,6 +697,7 @@ def ccddata_inputs(ccd: CCDData) -> ExposureInputs:
                 "entries to the meta (e.g. MP_BAD=0, MP_SAT=1), or pass a "
                 "boolean mask meaning BAD."
             )
+        check_declared_bits(mask, bits)
         planes = boolean_planes(mask, bits)
     x0, y0 = get_xy0(ccd)
     pixel_to_sky = sky_to_pixel = None
