@@ -50,6 +50,12 @@ class LinearFit:
     block_inv: np.ndarray
     iterations: int
     converged: bool
+    #: How the system was solved: ``"direct"``, ``"direct+ridge"`` (degenerate
+    #: columns, see `_solve_direct`), ``"cg"`` (asked for, or the fallback).
+    solver_path: str = "direct"
+    #: Non-zeros of the normal matrix and of its LU factor (0: no factor).
+    normal_nnz: int = 0
+    factor_nnz: int = 0
 
 
 def _design(
@@ -229,7 +235,14 @@ def solve_scene(
     if derivatives and gx0 is not None:
         x0[col_of_src + 1] = gx0
         x0[col_of_src + 2] = gy0
-    sol = _solve_direct(H, b) if solver == "direct" else None
+    sol, path, factor_nnz = None, "cg", 0
+    if solver == "direct":
+        direct = _solve_direct(H, b)
+        H, sol, factor_nnz = direct.H, direct.sol, direct.factor_nnz
+        if sol is not None:
+            path = "direct+ridge" if direct.ridged else "direct"
+        else:
+            _log.debug("Direct solve failed; using conjugate gradients.")
     iterations, converged = 0, True
     if sol is None:
         sol, iterations, converged = _solve_cg(
@@ -244,7 +257,19 @@ def solve_scene(
         var = local_inverse_diagonal(H, col_of_src, n_neighbours)
     else:
         var = np.zeros(0)
-    return LinearFit(flux, gx, gy, sky_terms, np.sqrt(var), block_inv, iterations, converged)
+    return LinearFit(
+        flux,
+        gx,
+        gy,
+        sky_terms,
+        np.sqrt(var),
+        block_inv,
+        iterations,
+        converged,
+        path,
+        H.nnz,
+        factor_nnz,
+    )
 
 
 def _regularise(
@@ -274,16 +299,86 @@ def _regularise(
     return H, dead
 
 
-def _solve_direct(H: sp.csr_matrix, b: np.ndarray) -> np.ndarray | None:
-    """Sparse LU solution of ``H x = b``; `None` when singular or not finite."""
-    try:
-        # Minimum-degree ordering of H + H^T suits these 2-D neighbour
-        # graphs: the factor has about twice the non-zeros of H.
-        sol = splu(H.tocsc(), permc_spec="MMD_AT_PLUS_A").solve(b)
-    except RuntimeError as err:  # exactly singular
-        _log.debug("Direct solve failed (%s); using conjugate gradients.", err)
-        return None
-    return sol if np.all(np.isfinite(sol)) else None
+#: Pivots of the unit-diagonal normal matrix below this mark a column that is,
+#: to within rounding, a combination of the columns eliminated before it (two
+#: forced positions on the same spot, a stamp on masked pixels); see `_solve_direct`.
+PIVOT_TOL = 1e-10
+#: Ridge, relative to each column's diagonal, added to the whole system when a
+#: pivot falls below `PIVOT_TOL`.
+DEGENERATE_RIDGE = 1e-8
+
+
+@dataclass
+class DirectSolve:
+    """What the direct solve did (for callers and tests; see `_solve_direct`)."""
+
+    sol: np.ndarray | None  # `None`: factorisation failed; use conjugate gradients
+    H: sp.csr_matrix  # the matrix solved (``H`` plus the degeneracy ridge, if any)
+    factor_nnz: int  # non-zeros of L + U (0 when it failed)
+    min_pivot: float  # smallest pivot of the unit-diagonal matrix
+    ridged: bool  # the degeneracy ridge was needed
+
+
+def _factor(Hs: sp.csc_matrix):
+    """LU of a symmetric positive definite, unit-diagonal matrix without pivoting."""
+    # Minimum-degree ordering of H + H^T suits these 2-D neighbour graphs.
+    # diag_pivot_thresh=0 with SymmetricMode keeps that ordering: SuperLU's
+    # default partial pivoting (threshold 1) swaps rows whenever an
+    # off-diagonal exceeds the diagonal, which the symmetric ordering does not
+    # foresee; on crowded forced scenes that multiplied the factor's fill by
+    # 6 and its time by 20 (module docstring).  H is positive definite, so
+    # elimination without pivoting is stable (it is Cholesky in LU form).
+    return splu(
+        Hs,
+        permc_spec="MMD_AT_PLUS_A",
+        diag_pivot_thresh=0.0,
+        options=dict(SymmetricMode=True),
+    )
+
+
+def _solve_direct(H: sp.csr_matrix, b: np.ndarray) -> DirectSolve:
+    """Sparse LU solution of ``H x = b``, symmetric, unpivoted, on the diagonally scaled system.
+
+    ``H`` is scaled to unit diagonal (``D H D``, ``D = diag(H)^-1/2``; every
+    diagonal is positive after `_regularise`), which makes each pivot the
+    fraction of its column's norm that the columns eliminated before it do
+    not explain.  A pivot below `PIVOT_TOL` (or an exactly singular factor)
+    means the system is numerically rank-deficient; then
+    `DEGENERATE_RIDGE` times the diagonal is added to every column and the
+    matrix is factorised again (an exact duplicate pair then shares its
+    flux equally, with a very large error).  Returns ``sol = None`` when
+    that fails too or the solution is not finite.
+    """
+    d = H.diagonal()
+    s = 1.0 / np.sqrt(d)
+    scale = sp.diags(s)
+    Hs = (scale @ H @ scale).tocsc()
+    ridged = False
+    min_pivot = float("nan")
+    for attempt in range(2):
+        try:
+            lu = _factor(Hs)
+        except RuntimeError as err:  # an exactly zero pivot
+            _log.debug("Direct solve: %s.", err)
+            lu = None
+        if lu is not None:
+            piv = lu.U.diagonal()
+            min_pivot = float(piv.min()) if piv.size else 1.0
+            if min_pivot > PIVOT_TOL and np.all(np.isfinite(piv)):
+                break
+        if attempt == 0:
+            _log.debug("Direct solve: degenerate columns (smallest pivot %g); ridging.", min_pivot)
+            ridged = True
+            Hs = (Hs + DEGENERATE_RIDGE * sp.identity(Hs.shape[0], format="csc")).tocsc()
+            H = (H + sp.diags(DEGENERATE_RIDGE * d)).tocsr()
+        lu = None
+    if lu is None:
+        return DirectSolve(None, H, 0, min_pivot, ridged)
+    sol = s * lu.solve(s * b)
+    nnz = int(lu.L.nnz + lu.U.nnz)
+    if not np.all(np.isfinite(sol)):
+        return DirectSolve(None, H, nnz, min_pivot, ridged)
+    return DirectSolve(sol, H, nnz, min_pivot, ridged)
 
 
 def _solve_cg(H, b, x0, block_inv, col_of_src, ncomp, nsrc_cols, ntot, rtol, maxiter):
