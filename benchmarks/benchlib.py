@@ -285,16 +285,19 @@ def crb_sample(fld, n_random: int = 3000, snr_all: float = 30.0, seed: int = 0) 
     return np.sort(np.concatenate([bright, pick]))
 
 
-def crb_table_cached(fld, key: str, cache_dir: Path = DEFAULT_CACHE, n_random: int = 3000):
+def crb_table_cached(
+    fld, key: str, cache_dir: Path = DEFAULT_CACHE, n_random: int = 3000, snr_all: float = 30.0
+):
     """`crb_table` on `crb_sample`, cached as ECSV next to the field."""
     from astropy.table import Table
 
-    path = Path(cache_dir) / f"crb_{key}_r{n_random}.ecsv"
+    tail = "" if snr_all == 30.0 else f"_a{snr_all:g}"
+    path = Path(cache_dir) / f"crb_{key}_r{n_random}{tail}.ecsv"
     if path.exists():
         tab = Table.read(path)
         tab.meta["seconds"] = float("nan")
         return tab
-    tab = crb_table(fld, sample=crb_sample(fld, n_random))
+    tab = crb_table(fld, sample=crb_sample(fld, n_random, snr_all))
     tab.write(path, overwrite=True)
     return tab
 
@@ -429,6 +432,65 @@ def score(cat: dict[str, np.ndarray], fld, crb, radius: float = 1.0) -> dict[str
         "crb_bins": crb_rows(SNR_BINS),
         "fig": {"completeness": _table_to_rows(fig_comp), "crb": crb_rows(FIG_SNR_BINS)},
         "n_det": int(len(x)),
+    }
+
+
+def score_forced(
+    cat: dict[str, np.ndarray], fld, truth_rows: np.ndarray, crb=None
+) -> dict[str, Any]:
+    """Forced photometry at true positions, scored against the truth.
+
+    ``truth_rows``: the truth row of each forced position (``forced_index``
+    of the catalogue indexes it).  Per true-S/N bin (`SNR_BINS`), for the
+    unsaturated forced stars: how many, the fraction with a finite flux and
+    error, the median and robust scatter of (f - t) / t, the robust scatter
+    of the pulls (f - t) / sigma_reported, and, for the stars of the ``crb``
+    table, the robust scatter of (f - t) / sigma_CRB (crowded bound).
+    """
+    from lsst.meas.crowdsource.testing.evaluation import robust_scatter
+
+    t = fld.truth
+    fi = np.asarray(cat["forced_index"])
+    rows = fi >= 0
+    ti = np.asarray(truth_rows)[fi[rows]]
+    f = np.asarray(cat["flux"])[rows]
+    err = np.asarray(cat["flux_err"])[rows]
+    tf = np.asarray(t["flux"])[ti]
+    tsnr = np.asarray(t["snr"])[ti]
+    sat = np.asarray(t["saturated"], bool)[ti]
+    ok = np.isfinite(f) & np.isfinite(err) & (err > 0)
+    crb_sigma = np.full(len(ti), np.nan)
+    if crb is not None:
+        lookup = np.full(len(t), np.nan)
+        lookup[np.asarray(crb["index"])] = np.asarray(crb["sigma_flux"])
+        crb_sigma = lookup[ti]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = (f - tf) / tf
+        pull = (f - tf) / err
+        z_crb = (f - tf) / crb_sigma
+    bins = []
+    for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:]):
+        s = (tsnr >= lo) & (tsnr < hi) & ~sat
+        g = s & ok
+        c = g & np.isfinite(z_crb)
+        bins.append(
+            {
+                "snr_lo": float(lo),
+                "snr_hi": float(hi),
+                "n": int(s.sum()),
+                "finite_fraction": float(g.sum() / s.sum()) if s.any() else float("nan"),
+                "median_rel": float(np.median(rel[g])) if g.any() else float("nan"),
+                "scatter_rel": robust_scatter(rel[g]),
+                "pull_scatter": robust_scatter(pull[g]),
+                "n_crb": int(c.sum()),
+                "scatter_over_crowded_crb": robust_scatter(z_crb[c]),
+            }
+        )
+    return {
+        "n_forced": int(rows.sum()),
+        "n_finite": int(ok.sum()),
+        "n_not_finite": int((~ok).sum()),
+        "bins": bins,
     }
 
 

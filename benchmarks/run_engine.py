@@ -4,6 +4,7 @@
 Usage (normally called by compare_crowdsource.py / scaling.py)::
 
     python run_engine.py FIELD.npz OUT.npz [--psf true|none] [--n-processes N]
+                         [--forced POSITIONS.npz]
 
 Reads the planes written by ``benchlib.simulated_field``; BAD pixels are
 passed as ``bad``, SAT pixels as ``saturated``.  ``--psf true`` starts from
@@ -12,7 +13,9 @@ crowdsourcephoto gets), ``--psf none`` lets the engine estimate it from the
 image.  The PSF is refit in the loop either way (``refit_psf=True``, the
 default).  Writes the catalog columns plus an ``info`` JSON string: fit wall
 time (the `fit_image` call only), the per-pass history, the warnings
-logged, the RSS before the fit.
+logged, the RSS before the fit.  ``--forced`` reads ``x`` and ``y`` (PARENT
+pixels) from an npz and fits them as forced positions (`fit_image`'s
+``forced_x``, ``forced_y``; every other source is found as usual).
 """
 
 import argparse
@@ -64,6 +67,7 @@ def main():
         default=[],
         help="extra FitParams override NAME=VALUE (python literal)",
     )
+    ap.add_argument("--forced", default=None, help="npz with forced positions x, y")
     args = ap.parse_args()
 
     from lsst.meas.crowdsource.engine import FitParams, fit_image
@@ -92,13 +96,19 @@ def main():
         k, v = item.split("=", 1)
         overrides[k] = ast.literal_eval(v)
     params = FitParams(n_processes=args.n_processes, **overrides)
+    forced = {}
+    if args.forced:
+        with np.load(args.forced) as d:
+            forced = dict(forced_x=d["x"], forced_y=d["y"])
     rss_before = _vmhwm_mib()
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
         cpu0 = time.process_time()
-        result = fit_image(image, variance, bad=bad, saturated=sat, psf=psf, params=params, xy0=xy0)
+        result = fit_image(
+            image, variance, bad=bad, saturated=sat, psf=psf, params=params, xy0=xy0, **forced
+        )
         fit_seconds = time.perf_counter() - t0
         cpu_seconds = time.process_time() - cpu0
     cols = {k: np.asarray(v) for k, v in result.columns.items()}
@@ -110,6 +120,7 @@ def main():
         "fit_seconds": fit_seconds,
         "fit_cpu_seconds_main": cpu_seconds,
         "n_sources": int(len(cols["x"])),
+        "n_forced": int(len(forced.get("forced_x", []))),
         "n_tiles": int(result.n_tiles),
         "vmhwm_before_fit_mib": rss_before,
         "vmhwm_mib": _vmhwm_mib(),

@@ -50,6 +50,12 @@ class LinearFit:
     block_inv: np.ndarray
     iterations: int
     converged: bool
+    #: How the system was solved: ``"direct"``, ``"direct+ridge"`` (degenerate
+    #: columns, see `_solve_direct`), ``"cg"`` (asked for, or the fallback).
+    solver_path: str = "direct"
+    #: Non-zeros of the normal matrix and of its LU factor (0: no factor).
+    normal_nnz: int = 0
+    factor_nnz: int = 0
 
 
 def _design(
@@ -57,11 +63,20 @@ def _design(
     n_src: int,
     sqrt_w: np.ndarray,
     derivatives: bool,
+    with_d: np.ndarray,
     sky_basis: np.ndarray | None,
 ):
-    ncomp = 3 if derivatives else 1
+    """Weighted design matrix; ``with_d``: the sources that get x and y derivative columns.
+
+    A source's columns are contiguous (flux, then d/dx and d/dy when it has
+    them); ``col_of_src`` is its flux column.  With ``derivatives``, the
+    sources without derivative columns get their own 3x3 block of the
+    normal matrix (the products of their flux and derivative stamps) in
+    ``held_blocks`` (NaN for the others), for their position errors.
+    """
     blocks = []
     col_of_src = np.zeros(n_src, dtype=np.int64)
+    held_blocks = np.full((n_src, 3, 3), np.nan) if derivatives and not with_d.all() else None
     col = 0
     npix = sqrt_w.size
     for g in groups:
@@ -69,38 +84,73 @@ def _design(
         pix = g.pix.reshape(n, s * s)
         sw = np.where(pix >= 0, sqrt_w[np.maximum(pix, 0)], 0.0)
         use = sw > 0
+        gd = with_d[g.index]
         comps = [g.psf] + ([g.dpsf_dx, g.dpsf_dy] if derivatives else [])
+        ncomp = len(comps)
         vals = np.stack([c.reshape(n, s * s) * sw for c in comps], axis=1)
-        mask = np.broadcast_to(use[:, None, :], vals.shape)
+        if held_blocks is not None and not gd.all():
+            v = vals[~gd]
+            held_blocks[g.index[~gd]] = np.einsum("nap,nbp->nab", v, v)
+        if derivatives and not gd.any():
+            vals, ncomp = vals[:, :1], 1
+        keep = np.ones((n, ncomp), bool)
+        keep[:, 1:] = gd[:, None]
+        mask = use[:, None, :] & keep[:, :, None]
         data = vals[mask]
         indices = np.broadcast_to(pix[:, None, :], vals.shape)[mask]
-        counts = np.repeat(use.sum(axis=1), ncomp)
+        counts = (use.sum(axis=1)[:, None] * np.ones(ncomp, np.int64))[keep]
         indptr = np.concatenate([[0], np.cumsum(counts)])
-        blocks.append(
-            sp.csc_matrix((data, indices.astype(np.int32), indptr), shape=(npix, n * ncomp))
-        )
-        col_of_src[g.index] = col + ncomp * np.arange(n)
-        col += n * ncomp
+        ncols = int(keep.sum())
+        blocks.append(sp.csc_matrix((data, indices.astype(np.int32), indptr), shape=(npix, ncols)))
+        width = keep.sum(axis=1)
+        col_of_src[g.index] = col + np.cumsum(width) - width
+        col += ncols
     if sky_basis is not None:
         blocks.append(sp.csc_matrix(sky_basis * sqrt_w[:, None]))
     if not blocks:
-        return sp.csc_matrix((npix, 0)), col_of_src, col
-    return sp.hstack(blocks, format="csc"), col_of_src, col
+        return sp.csc_matrix((npix, 0)), col_of_src, col, held_blocks
+    return sp.hstack(blocks, format="csc"), col_of_src, col, held_blocks
 
 
-def _block_inverse(H: sp.csr_matrix, starts: np.ndarray, ncomp: int) -> np.ndarray:
-    """Inverse of the diagonal ``ncomp`` x ``ncomp`` block of each source."""
+def _block_inverse(
+    H: sp.csr_matrix,
+    starts: np.ndarray,
+    ncomp: int,
+    with_d: np.ndarray,
+    held_blocks: np.ndarray | None = None,
+    ridge: float = 0.0,
+) -> np.ndarray:
+    """Inverse of the diagonal ``ncomp`` x ``ncomp`` block of each source.
+
+    Sources without derivative columns (``~with_d``) take their block from
+    ``held_blocks`` (with the derivative ``ridge`` that `_regularise` gives
+    the others) or, without it, have only their flux entry (the rest NaN).
+    """
     n = len(starts)
-    blocks = np.empty((n, ncomp, ncomp))
+    blocks = np.zeros((n, ncomp, ncomp))
+    blocks[:, 0, 0] = H.diagonal()[starts]
+    idx = np.nonzero(with_d)[0]
     for a in range(ncomp):
         for b in range(ncomp):
-            blocks[:, a, b] = np.asarray(H[starts + a, starts + b]).ravel()
+            if a or b:
+                blocks[idx, a, b] = np.asarray(H[starts[idx] + a, starts[idx] + b]).ravel()
+    held = ~with_d
+    if ncomp > 1:
+        blocks[held, 1, 1] = blocks[held, 2, 2] = 1.0
+        if held_blocks is not None:
+            hb = held_blocks[held]
+            for a in (1, 2):
+                hb[:, a, a] += ridge * np.maximum(hb[:, a, a], 1e-300)
+            blocks[held] = hb
     # Guard against singular blocks (no usable pixels).
     diag = np.einsum("naa->na", blocks)
     bad = ~(diag > 0).all(axis=1)
     blocks[bad] = np.eye(ncomp)
     inv = np.linalg.inv(blocks)
     inv[bad] = np.nan
+    if ncomp > 1 and held_blocks is None:
+        inv[held, 1:, :] = np.nan
+        inv[held, :, 1:] = np.nan
     return inv
 
 
@@ -177,6 +227,7 @@ def solve_scene(
     ridge: float = 1e-4,
     n_neighbours: int = 8,
     solver: str = "direct",
+    held: np.ndarray | None = None,
 ) -> LinearFit:
     """Fit all sources (and optional sky terms) simultaneously.
 
@@ -199,10 +250,21 @@ def solve_scene(
     solver : `str`
         ``"direct"`` (sparse LU of the normal matrix; conjugate gradients if
         it is singular) or ``"cg"``.
+    held : `numpy.ndarray` [`bool`], optional
+        Sources whose positions are held fixed: with ``derivatives`` they get
+        no derivative columns (their ``gx``, ``gy`` are 0; their
+        ``block_inv`` is the inverse of their own 3x3 block, as for the
+        others).  A crowded forced scene is mostly such sources; leaving
+        their derivatives out divides the normal matrix's size by up to 9.
     """
     ncomp = 3 if derivatives else 1
     sqrt_w = np.sqrt(np.maximum(weight, 0.0)).ravel()
-    A, col_of_src, nsrc_cols = _design(groups, n_src, sqrt_w, derivatives, sky_basis)
+    with_d = np.full(n_src, derivatives)
+    if derivatives and held is not None:
+        with_d &= ~np.asarray(held, bool)
+    A, col_of_src, nsrc_cols, held_blocks = _design(
+        groups, n_src, sqrt_w, derivatives, with_d, sky_basis
+    )
     ntot = A.shape[1]
     nsky = 0 if sky_basis is None else sky_basis.shape[1]
     empty = np.zeros(n_src)
@@ -220,31 +282,57 @@ def solve_scene(
     b = A.T @ (sqrt_w * data.ravel())
     H = (A.T @ A).tocsr()
     del A
-    ridged = col_of_src if derivatives and ridge > 0 and n_src else None
+    dcol = col_of_src[with_d]  # flux columns of the sources with derivatives
+    ridged = dcol if with_d.any() and ridge > 0 else None
     H, dead = _regularise(H, b, ridged, ridge)
 
-    block_inv = _block_inverse(H, col_of_src, ncomp) if n_src else np.zeros((0, ncomp, ncomp))
+    block_inv = (
+        _block_inverse(H, col_of_src, ncomp, with_d, held_blocks, ridge)
+        if n_src
+        else np.zeros((0, ncomp, ncomp))
+    )
     x0 = np.zeros(ntot)
     x0[col_of_src] = flux0
-    if derivatives and gx0 is not None:
-        x0[col_of_src + 1] = gx0
-        x0[col_of_src + 2] = gy0
-    sol = _solve_direct(H, b) if solver == "direct" else None
+    if with_d.any() and gx0 is not None:
+        x0[dcol + 1] = gx0[with_d]
+        x0[dcol + 2] = gy0[with_d]
+    sol, path, factor_nnz = None, "cg", 0
+    if solver == "direct":
+        direct = _solve_direct(H, b)
+        H, sol, factor_nnz = direct.H, direct.sol, direct.factor_nnz
+        if sol is not None:
+            path = "direct+ridge" if direct.ridged else "direct"
+        else:
+            _log.debug("Direct solve failed; using conjugate gradients.")
     iterations, converged = 0, True
     if sol is None:
         sol, iterations, converged = _solve_cg(
-            H, b, x0, block_inv, col_of_src, ncomp, nsrc_cols, ntot, rtol, maxiter
+            H, b, x0, block_inv, col_of_src, with_d, nsrc_cols, ntot, rtol, maxiter
         )
     sol[dead] = np.nan
     flux = sol[col_of_src]
-    gx = sol[col_of_src + 1] if derivatives else None
-    gy = sol[col_of_src + 2] if derivatives else None
+    gx = gy = None
+    if derivatives:
+        gx, gy = np.zeros(n_src), np.zeros(n_src)
+        gx[with_d], gy[with_d] = sol[dcol + 1], sol[dcol + 2]
     sky_terms = sol[nsrc_cols:] if nsky else None
     if n_src:
         var = local_inverse_diagonal(H, col_of_src, n_neighbours)
     else:
         var = np.zeros(0)
-    return LinearFit(flux, gx, gy, sky_terms, np.sqrt(var), block_inv, iterations, converged)
+    return LinearFit(
+        flux,
+        gx,
+        gy,
+        sky_terms,
+        np.sqrt(var),
+        block_inv,
+        iterations,
+        converged,
+        path,
+        H.nnz,
+        factor_nnz,
+    )
 
 
 def _regularise(
@@ -274,19 +362,89 @@ def _regularise(
     return H, dead
 
 
-def _solve_direct(H: sp.csr_matrix, b: np.ndarray) -> np.ndarray | None:
-    """Sparse LU solution of ``H x = b``; `None` when singular or not finite."""
-    try:
-        # Minimum-degree ordering of H + H^T suits these 2-D neighbour
-        # graphs: the factor has about twice the non-zeros of H.
-        sol = splu(H.tocsc(), permc_spec="MMD_AT_PLUS_A").solve(b)
-    except RuntimeError as err:  # exactly singular
-        _log.debug("Direct solve failed (%s); using conjugate gradients.", err)
-        return None
-    return sol if np.all(np.isfinite(sol)) else None
+#: Pivots of the unit-diagonal normal matrix below this mark a column that is,
+#: to within rounding, a combination of the columns eliminated before it (two
+#: forced positions on the same spot, a stamp on masked pixels); see `_solve_direct`.
+PIVOT_TOL = 1e-10
+#: Ridge, relative to each column's diagonal, added to the whole system when a
+#: pivot falls below `PIVOT_TOL`.
+DEGENERATE_RIDGE = 1e-8
 
 
-def _solve_cg(H, b, x0, block_inv, col_of_src, ncomp, nsrc_cols, ntot, rtol, maxiter):
+@dataclass
+class DirectSolve:
+    """What the direct solve did (for callers and tests; see `_solve_direct`)."""
+
+    sol: np.ndarray | None  # `None`: factorisation failed; use conjugate gradients
+    H: sp.csr_matrix  # the matrix solved (``H`` plus the degeneracy ridge, if any)
+    factor_nnz: int  # non-zeros of L + U (0 when it failed)
+    min_pivot: float  # smallest pivot of the unit-diagonal matrix
+    ridged: bool  # the degeneracy ridge was needed
+
+
+def _factor(Hs: sp.csc_matrix):
+    """LU of a symmetric positive definite, unit-diagonal matrix without pivoting."""
+    # Minimum-degree ordering of H + H^T suits these 2-D neighbour graphs.
+    # diag_pivot_thresh=0 with SymmetricMode keeps that ordering: SuperLU's
+    # default partial pivoting (threshold 1) swaps rows whenever an
+    # off-diagonal exceeds the diagonal, which the symmetric ordering does not
+    # foresee; on crowded forced scenes that multiplied the factor's fill by
+    # 6 and its time by 20 (module docstring).  H is positive definite, so
+    # elimination without pivoting is stable (it is Cholesky in LU form).
+    return splu(
+        Hs,
+        permc_spec="MMD_AT_PLUS_A",
+        diag_pivot_thresh=0.0,
+        options=dict(SymmetricMode=True),
+    )
+
+
+def _solve_direct(H: sp.csr_matrix, b: np.ndarray) -> DirectSolve:
+    """Sparse LU solution of ``H x = b``, symmetric, unpivoted, on the diagonally scaled system.
+
+    ``H`` is scaled to unit diagonal (``D H D``, ``D = diag(H)^-1/2``; every
+    diagonal is positive after `_regularise`), which makes each pivot the
+    fraction of its column's norm that the columns eliminated before it do
+    not explain.  A pivot below `PIVOT_TOL` (or an exactly singular factor)
+    means the system is numerically rank-deficient; then
+    `DEGENERATE_RIDGE` times the diagonal is added to every column and the
+    matrix is factorised again (an exact duplicate pair then shares its
+    flux equally, with a very large error).  Returns ``sol = None`` when
+    that fails too or the solution is not finite.
+    """
+    d = H.diagonal()
+    s = 1.0 / np.sqrt(d)
+    scale = sp.diags(s)
+    Hs = (scale @ H @ scale).tocsc()
+    ridged = False
+    min_pivot = float("nan")
+    for attempt in range(2):
+        try:
+            lu = _factor(Hs)
+        except RuntimeError as err:  # an exactly zero pivot
+            _log.debug("Direct solve: %s.", err)
+            lu = None
+        if lu is not None:
+            piv = lu.U.diagonal()
+            min_pivot = float(piv.min()) if piv.size else 1.0
+            if min_pivot > PIVOT_TOL and np.all(np.isfinite(piv)):
+                break
+        if attempt == 0:
+            _log.debug("Direct solve: degenerate columns (smallest pivot %g); ridging.", min_pivot)
+            ridged = True
+            Hs = (Hs + DEGENERATE_RIDGE * sp.identity(Hs.shape[0], format="csc")).tocsc()
+            H = (H + sp.diags(DEGENERATE_RIDGE * d)).tocsr()
+        lu = None
+    if lu is None:
+        return DirectSolve(None, H, 0, min_pivot, ridged)
+    sol = s * lu.solve(s * b)
+    nnz = int(lu.L.nnz + lu.U.nnz)
+    if not np.all(np.isfinite(sol)):
+        return DirectSolve(None, H, nnz, min_pivot, ridged)
+    return DirectSolve(sol, H, nnz, min_pivot, ridged)
+
+
+def _solve_cg(H, b, x0, block_inv, col_of_src, with_d, nsrc_cols, ntot, rtol, maxiter):
     """Conjugate gradients preconditioned with each source's own block."""
     n_src = len(col_of_src)
     nsky = ntot - nsrc_cols
@@ -294,13 +452,20 @@ def _solve_cg(H, b, x0, block_inv, col_of_src, ncomp, nsrc_cols, ntot, rtol, max
     if nsky:
         sidx = np.arange(nsrc_cols, ntot)
         sky_inv = np.linalg.inv(H[sidx][:, sidx].toarray())
-    cols = col_of_src[:, None] + np.arange(ncomp)[None, :]
-    safe_inv = np.nan_to_num(block_inv)
+    ncomp = block_inv.shape[1] if n_src else 1
+    moving = np.nonzero(with_d)[0]
+    fixed = np.nonzero(~with_d)[0]
+    cols = col_of_src[moving, None] + np.arange(ncomp)[None, :]
+    safe_inv = np.nan_to_num(block_inv[moving])
+    fixed_cols = col_of_src[fixed]
+    fixed_inv = np.nan_to_num(block_inv[fixed, 0, 0])
 
     def precondition(v):
         out = np.empty_like(v)
-        if n_src:
+        if len(moving):
             out[cols] = np.einsum("nab,nb->na", safe_inv, v[cols])
+        if len(fixed):
+            out[fixed_cols] = fixed_inv * v[fixed_cols]
         if nsky:
             out[nsrc_cols:] = sky_inv @ v[nsrc_cols:]
         return out

@@ -282,6 +282,9 @@ class TileState:
             p.cg_maxiter,
             p.derivative_ridge,
             solver=p.solver,
+            # Held forced positions need no derivative columns (issue 16:
+            # they made up most of the normal matrix of a crowded forced scene).
+            held=src.forced if self.refine_forced == 0 else None,
         )
         src.flux, src.gx, src.gy = lin.flux, lin.gx, lin.gy
         s.model = scene_image(
@@ -459,8 +462,17 @@ class TileState:
         groups = render_scene(src.x, src.y, size_idx, psf.sizes, psf.model, shape, True, frame)
         fit = dict(sky_basis=self.sky_basis, rtol=p.cg_rtol, maxiter=p.cg_maxiter, solver=p.solver)
         data = self.image - s.sky - s.wings
+        held = src.forced if self.refine_forced == 0 else None
         lin_pos = solve_scene(
-            groups, n, data, self.weight, True, src.flux, ridge=p.derivative_ridge, **fit
+            groups,
+            n,
+            data,
+            self.weight,
+            True,
+            src.flux,
+            ridge=p.derivative_ridge,
+            held=held,
+            **fit,
         )
         lin = solve_scene(groups, n, data, self.weight, False, np.nan_to_num(lin_pos.flux), **fit)
         if lin.sky_terms is not None:
