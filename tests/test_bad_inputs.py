@@ -111,16 +111,19 @@ def test_plateau_bounded_without_defect_masking(field):
 @case("step")
 def test_amplifier_offset_step(field):
     """The left half offset by +5000 counts (~170 sigma; an amplifier jump): the edge is
-    left out and each side keeps its own sky; no false sources along the step."""
+    left out and each side gets a sky of its own; no false sources along the step."""
     f, clean = field
     img = f.image.copy()
     img[:, :64] += 5000
     r = _fit(f, img)
     assert r.defects.n_steps >= 1 and r.defects.n_plateaus == 0
     assert r.defects.step[:, 60:68].all()
-    found, spurious = _truth_score(f, r, lambda x, y: np.abs(x - 64) > 10)
-    # One S/N 14 star 18 px from the step is lost (the sky boxes straddle the band).
-    assert found >= 0.85 and spurious <= 2
+    away = lambda x, y: np.abs(x - 64) > 10  # noqa: E731
+    found, spurious = _truth_score(f, r, away)
+    # Each side has a sky of its own: as complete and as clean as without the step.
+    clean_found, clean_spurious = _truth_score(f, clean, away)
+    assert found >= clean_found - 0.05
+    assert spurious <= clean_spurious + 1
     assert len(r) <= len(clean)
 
 

@@ -72,21 +72,32 @@ class Defects:
         """Every pixel to leave out of the fit as bad (not the `clipped` cores)."""
         return self.plateau | self.step
 
-    @property
-    def splits_sky(self) -> bool:
-        """A dead plateau or a step: parts of the image at levels no single sky describes."""
-        return bool(self.n_steps or self.plateau.any())
+    def sky_regions(self) -> np.ndarray | None:
+        """The parts of the image the steps separate, labelled from 1 (`None`: one part).
+
+        Each gets a sky of its own (`~lsst.meas.crowdsource.engine.sky.sky_under_model`):
+        a sky box straddling a step would smear its jump over the box.
+        """
+        if not self.n_steps:
+            return None
+        labels, n = ndimage.label(~self.step)
+        return labels if n > 1 else None
 
     def __bool__(self) -> bool:
         return bool(self.n_plateaus or self.n_steps)
 
     def describe(self) -> str:
         """One line for the log: what was found and how many pixels it covers."""
-        return (
-            f"{self.n_plateaus} plateau(s) ({int(self.plateau.sum())} pixels, and "
-            f"{int(self.clipped.sum())} in clipped cores taken as saturated) and "
-            f"{self.n_steps} step edge(s) ({int((self.step & ~self.plateau).sum())} more pixels)"
-        )
+        parts = []
+        if self.n_plateaus:
+            text = f"{self.n_plateaus} plateau(s) ({int(self.plateau.sum())} pixels"
+            if self.clipped.any():
+                text += f"; {int(self.clipped.sum())} in clipped cores, taken as saturated"
+            parts.append(text + ")")
+        if self.n_steps:
+            extra = int((self.step & ~self.plateau).sum())
+            parts.append(f"{self.n_steps} step edge(s) ({extra} pixels with their margins)")
+        return " and ".join(parts) if parts else "nothing"
 
 
 def find_defects(image: np.ndarray, weight: np.ndarray, params: FitParams) -> Defects:

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -269,9 +269,6 @@ def fit_image(
     t0 = time.perf_counter()
     data = ImageData.from_arrays(image, variance, weight, bad, saturated, flag_planes, xy0)
     defects = _mask_defects(data, params, log)
-    if defects and defects.splits_sky and params.n_coarse_sky:
-        # One median cannot stand for the sky on both sides of a step or plateau.
-        params = replace(params, n_coarse_sky=0)
     scatter = _check_noise(data, log)
     model_psf = _as_psf(psf, data, params.psf_order)
     forced = _forced_positions(data, forced_x, forced_y)
@@ -333,6 +330,7 @@ def _mask_defects(data: ImageData, params: FitParams, log: logging.Logger) -> De
     if defects:
         data.weight[defects.mask | defects.clipped] = 0.0
         data.saturated = data.saturated | defects.clipped
+        data.sky_regions = defects.sky_regions()
         log.warning(
             "Left out %s that no PSF can fit (an unmasked bad amplifier, offset or column?).",
             defects.describe(),

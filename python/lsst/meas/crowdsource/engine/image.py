@@ -118,6 +118,9 @@ class ImageData:
     frame : `PixelFrame`
         Where pixel ``[0, 0]`` sits in the frame around this array: PARENT
         for the image given to `fit_image`, that image's array for a tile.
+    sky_regions : `numpy.ndarray` [`int`] or `None`
+        Parts of the image that each get a sky of their own (labels, 0 in
+        none), e.g. the two sides of an amplifier step; `None`: one sky.
     """
 
     image: np.ndarray
@@ -126,6 +129,7 @@ class ImageData:
     saturated: np.ndarray
     flags: dict[str, np.ndarray] = field(default_factory=dict)
     frame: PixelFrame = PixelFrame()
+    sky_regions: np.ndarray | None = None
 
     @classmethod
     def from_arrays(
@@ -228,6 +232,7 @@ class ImageData:
             self.saturated[sub],
             {name: plane[sub] for name, plane in self.flags.items()},
             PixelFrame(int(x0), int(y0)),
+            None if self.sky_regions is None else self.sky_regions[sub],
         )
 
 

@@ -39,7 +39,6 @@ from .scene import StampGroup, choose_stamp_sizes, render_scene, scene_image, wi
 from .sky import (
     AdaptiveSky,
     SplineSky,
-    global_sky,
     model_under_sky,
     pixel_noise,
     sky_basis,
@@ -165,7 +164,17 @@ class TileState:
         self.sources = Sources()
         self.unfit: tuple[ForcedPositions, np.ndarray] | None = None
         self.scene = _Scene.empty(self.shape)
-        self.scene.sky = np.full(self.shape, global_sky(self.image, self.good))
+        self.sky_regions = data.sky_regions
+        self.scene.sky = sky_under_model(
+            self.image,
+            self.scene.under_sky,
+            self.good,
+            self.weight,
+            params,
+            True,
+            None,
+            self.sky_regions,
+        )
         self.solution: _Solution | None = None
         self.history: list[dict] = []
         self.capped = False  # a cap on the number of sources was reached
@@ -197,7 +206,14 @@ class TileState:
         """Sky from the image minus the model of the sources it is measured under."""
         s = self.scene
         s.sky = sky_under_model(
-            self.image, s.under_sky, self.good, self.weight, self.params, coarse, self.spline_sky
+            self.image,
+            s.under_sky,
+            self.good,
+            self.weight,
+            self.params,
+            coarse,
+            self.spline_sky,
+            self.sky_regions,
         )
 
     def find_sources(self, it: int) -> int:

@@ -342,14 +342,36 @@ def sky_under_model(
     params: FitParams,
     coarse: bool,
     spline: SplineSky | AdaptiveSky | None = None,
+    regions: np.ndarray | None = None,
 ) -> np.ndarray:
     """The sky of ``image`` under the sources' ``model``, per pixel.
 
     With a ``spline`` (``params.sky_method == "spline"``): its robust fit,
     in every pass.  Otherwise, ``coarse``: one median over the good pixels;
     else `boxed_sky` on the `sky_pixels` (``params.sky_box``,
-    ``sky_smooth``, ``sky_mask_nsigma``).
+    ``sky_smooth``, ``sky_mask_nsigma``).  With ``regions`` (labels, 0
+    outside every region), each region gets a sky of its own, measured on
+    its pixels alone, so that a level jump between them (an amplifier
+    offset) is not smeared over a sky box; unlabelled pixels take the sky
+    of the nearest region.
     """
+    if regions is None:
+        return _sky_of(image, model, good, weight, params, coarse, spline)
+    sky = np.zeros(image.shape)
+    labels = np.unique(regions[good & (regions > 0)])
+    for label in labels:
+        inside = regions == label
+        region_sky = _sky_of(image, model, good & inside, weight, params, coarse, spline)
+        sky[inside] = region_sky[inside]
+    outside = ~np.isin(regions, labels)
+    if outside.any() and len(labels):
+        _, (iy, ix) = ndimage.distance_transform_edt(outside, return_indices=True)
+        sky[outside] = sky[iy[outside], ix[outside]]
+    return sky
+
+
+def _sky_of(image, model, good, weight, params, coarse, spline) -> np.ndarray:
+    """`sky_under_model` over one region (``good``)."""
     if spline is not None:
         return spline.fit(image - model, good, weight, clip_high=params.sky_clip)
     if coarse:
