@@ -21,7 +21,8 @@ here, before the fit, by two shapes that photon noise never takes:
   one column.
 
 Both are given zero weight, a step with a margin of ``step_margin`` pixels
-on each side (where the sky model cannot follow the jump); the catalogue
+on each side (where the sky model cannot follow the jump), and along the
+whole row or column when it covers at least half of it; the catalogue
 flags sources whose PSF core touches them (``flag_unfittable``).  A small
 plateau that is a flat top (nothing around it higher) is the clipped core
 of a bright star whose saturation was not flagged: it is handled as
@@ -182,6 +183,10 @@ def _steps(
         found |= long[labels]
         n_steps += int(long.sum())
     if n_steps:
+        # An edge along most of a boundary (an amplifier's) is taken along all of it:
+        # stars and masked pixels on the edge break its runs, and through such gaps
+        # the two sides would share one sky.
+        found[:, found.mean(axis=0) >= 0.5] = True
         # Both pixels of each pair, then the margin on either side.
         band = np.zeros(img.shape, bool)
         band[:, 1:] |= found
