@@ -324,6 +324,23 @@ class CrowdsourceFitConfig(pexConfig.Config):
             "subtracted (a diffuse, not a point, source)."
         ),
     )
+    psfSettleMax = pexConfig.Field[int](
+        dtype=int,
+        default=4,
+        doc=(
+            "When no PSF is given: extra solve-and-refit rounds of the first pass, while the "
+            "PSF still changes by more than psf_settle_tol, before later passes look for "
+            "fainter sources (0: none, as crowdsource)."
+        ),
+    )
+    psfSettleTol = pexConfig.Field[float](
+        dtype=float,
+        default=0.005,
+        doc=(
+            "The first pass's PSF has settled when a refit changes its unit-sum stamp by less "
+            "than this (sum of absolute differences)."
+        ),
+    )
     initialFwhm = pexConfig.Field[float](
         dtype=float,
         default=0.0,
@@ -467,6 +484,8 @@ class CrowdsourceFitConfig(pexConfig.Config):
             psf_max_shift=self.psfMaxShift,
             psf_min_fracflux=self.psfMinFracflux,
             psf_max_median_loss=self.psfMaxMedianLoss,
+            psf_settle_max=self.psfSettleMax,
+            psf_settle_tol=self.psfSettleTol,
             initial_fwhm=self.initialFwhm,
             max_source_density=self.maxSourceDensity,
             max_new_peak_density=self.maxNewPeakDensity,

@@ -146,6 +146,7 @@ class TileState:
         # The region (PSF frame) the PSF polynomial is normalised to.
         self.psf_bbox = (*data.to_parent(0, 0), *data.to_parent(nx - 1, ny - 1))
         self.psf = TilePsf.start(psf, params, self.image, self.weight, self.saturated)
+        self.psf_estimated = psf is None  # no PSF given: the start is a guess
         self.noise = pixel_noise(self.weight)
         self.sky_basis = sky_basis(self.shape) if params.fit_sky_terms else None
         self.spline_sky: SplineSky | AdaptiveSky | None = None
@@ -178,6 +179,7 @@ class TileState:
         self.solution: _Solution | None = None
         self.history: list[dict] = []
         self.capped = False  # a cap on the number of sources was reached
+        self.psf_settle_rounds = 0  # extra solve-and-refit rounds of the first pass
 
     # --- the steps -----------------------------------------------------------
 
@@ -345,7 +347,7 @@ class TileState:
         sy[still] = 0.0
         return self.sources.restrain_forced(sx, sy, self.refine_forced)
 
-    def refit_psf(self, it: int) -> None:
+    def refit_psf(self, it: int) -> float:
         """A new PSF from neighbour-subtracted stamps of good stars, if plausible.
 
         From the first pass on, as in the seed: the first fit of the bright
@@ -370,10 +372,12 @@ class TileState:
             self.psf_bbox,
         )
         if new is None:
-            return
+            return 0.0
         new_fwhm = new.fwhm()
         if psf.accepts(new_fwhm):
+            old = psf.model.stamp(*psf.model.center)
             psf.adopt(new, new_fwhm, self.params)
+            return _stamp_change(old, psf.model.stamp(*psf.model.center))
         else:
             self.log.warning(
                 "%spass %d: rejected a PSF refit with FWHM %.2f (was %.2f)",
@@ -382,6 +386,49 @@ class TileState:
                 new_fwhm,
                 psf.fwhm,
             )
+            return 0.0
+
+    def settle_psf(
+        self, it: int, change: float, sx: np.ndarray, sy: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Solve and refit again while the PSF still moves; return the last position steps.
+
+        For a PSF estimated from the image (none given).  The first pass's
+        sources are few and bright, but their model is made with the
+        starting guess, whose wings the next passes' sky and peaks inherit:
+        refit once per pass, the PSF approached the image's geometrically (a
+        Moffat start on Gaussian stars kept 3.8 % of its light beyond 6 px
+        against 1.2 % after four passes) while the sky it had lowered and
+        the false peaks it left stayed (89 false of 303 detections on a
+        512x512 field of 214 isolated stars).  Up to ``psf_settle_max``
+        rounds, until a refit changes the PSF by less than
+        ``psf_settle_tol``.  A PSF given by the caller is not settled: on
+        the crowded 1024x1024 benchmark, settling the true PSF moved it to
+        the refit's crowded fixed point (median flux bias +1.5 % -> +2.6 %,
+        S/N 100-300 scatter over the crowded bound 1.92 -> 1.99) at 1.4x the
+        time.
+        """
+        p = self.params
+        rounds = 0
+        changes = [change]
+        while rounds < p.psf_settle_max and change > p.psf_settle_tol:
+            self.sources.move(sx, sy, self.shape)
+            self.measure_sky(coarse=it + 1 < p.n_coarse_sky)
+            self.solve()
+            sx, sy = self.recentre()
+            change = self.refit_psf(it)
+            changes.append(change)
+            rounds += 1
+        self.psf_settle_rounds = rounds
+        if rounds:
+            self.log.info(
+                "%spass %d: %d more PSF refits (changes %s)",
+                self.label,
+                it,
+                rounds,
+                ", ".join(f"{c:.3g}" for c in changes),
+            )
+        return sx, sy
 
     def cull_and_merge(self) -> tuple[int, int]:
         """Drop insignificant free sources, merge converged duplicates; return the counts."""
@@ -413,6 +460,7 @@ class TileState:
                 psf_stars=int(self.psf.n_stars),
                 solver_iterations=self.solution.lin.iterations,
                 capped=self.capped,
+                psf_settle_rounds=self.psf_settle_rounds if it == 0 else 0,
                 seconds=dt,
             )
         )
@@ -567,6 +615,11 @@ class TileState:
         )
 
 
+def _stamp_change(old: np.ndarray, new: np.ndarray) -> float:
+    """Sum of the absolute differences of two PSF stamps, each scaled to unit sum."""
+    return float(np.abs(new / new.sum() - old / old.sum()).sum())
+
+
 def fit_tile(
     data: ImageData,
     psf: PixelPsf | None,
@@ -618,7 +671,9 @@ def fit_tile(
         state.solve()
         sx, sy = state.recentre()
         if params.refit_psf and find_new:
-            state.refit_psf(it)
+            change = state.refit_psf(it)
+            if it == 0 and state.psf_estimated:
+                sx, sy = state.settle_psf(it, change, sx, sy)
         state.sources.move(sx, sy, state.shape)
         n_culled, n_merged = state.cull_and_merge()
         state.record_pass(it, t0, (n_new, n_culled, n_merged))

@@ -290,6 +290,21 @@ class FitParams:
             "subtracted (a diffuse, not a point, source)."
         },
     )
+    psf_settle_max: int = field(
+        default=4,
+        metadata={
+            "doc": "When no PSF is given: extra solve-and-refit rounds of the first pass, while "
+            "the PSF still changes by more than psf_settle_tol, before later passes look "
+            "for fainter sources (0: none, as crowdsource)."
+        },
+    )
+    psf_settle_tol: float = field(
+        default=0.005,
+        metadata={
+            "doc": "The first pass's PSF has settled when a refit changes its unit-sum stamp by "
+            "less than this (sum of absolute differences)."
+        },
+    )
     initial_fwhm: float = field(
         default=0.0,
         metadata={"doc": "FWHM (pixels) of the Moffat used when no PSF is given; 0 estimates it."},
@@ -434,6 +449,10 @@ class FitParams:
 
     def _work_bound_problems(self, bad) -> None:
         """The checks of the caps and of the defect settings (part of `problems`)."""
+        if self.psf_settle_max < 0:
+            bad("psf_settle_max", "psf_settle_max must be >= 0")
+        if not self.psf_settle_tol >= 0:
+            bad("psf_settle_tol", "psf_settle_tol must be >= 0")
         if not self.max_source_density > 0:
             bad("max_source_density", "max_source_density must be positive")
         if not self.max_new_peak_density > 0:
