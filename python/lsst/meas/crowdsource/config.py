@@ -333,6 +333,14 @@ class CrowdsourceFitConfig(pexConfig.Config):
             "fainter sources (0: none, as crowdsource)."
         ),
     )
+    psfSettleMaxDensity = pexConfig.Field[float](
+        dtype=float,
+        default=0.002,
+        doc=(
+            "The first pass's PSF is settled only where it found fewer sources than this per "
+            "pixel (on crowded fields settling biased the PSF and cost time)."
+        ),
+    )
     psfSettleTol = pexConfig.Field[float](
         dtype=float,
         default=0.005,
@@ -485,6 +493,7 @@ class CrowdsourceFitConfig(pexConfig.Config):
             psf_min_fracflux=self.psfMinFracflux,
             psf_max_median_loss=self.psfMaxMedianLoss,
             psf_settle_max=self.psfSettleMax,
+            psf_settle_max_density=self.psfSettleMaxDensity,
             psf_settle_tol=self.psfSettleTol,
             initial_fwhm=self.initialFwhm,
             max_source_density=self.maxSourceDensity,

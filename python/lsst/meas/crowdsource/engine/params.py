@@ -298,6 +298,13 @@ class FitParams:
             "for fainter sources (0: none, as crowdsource)."
         },
     )
+    psf_settle_max_density: float = field(
+        default=0.002,
+        metadata={
+            "doc": "The first pass's PSF is settled only where it found fewer sources than this "
+            "per pixel (on crowded fields settling biased the PSF and cost time)."
+        },
+    )
     psf_settle_tol: float = field(
         default=0.005,
         metadata={
@@ -451,6 +458,8 @@ class FitParams:
         """The checks of the caps and of the defect settings (part of `problems`)."""
         if self.psf_settle_max < 0:
             bad("psf_settle_max", "psf_settle_max must be >= 0")
+        if not self.psf_settle_max_density >= 0:
+            bad("psf_settle_max_density", "psf_settle_max_density must be >= 0")
         if not self.psf_settle_tol >= 0:
             bad("psf_settle_tol", "psf_settle_tol must be >= 0")
         if not self.max_source_density > 0:
