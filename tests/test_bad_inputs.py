@@ -309,34 +309,30 @@ def test_tiny_and_huge_psf_stamps(field, size):
 # --- exposures and catalogues --------------------------------------------------------------
 
 
-@case("undeclared-mask-bits")
-def test_mask_bits_not_declared():
+def _ccd_with_mask_bit(bit: int, cls=CCDData) -> CCDData:
+    """A flat CCDData whose integer mask has ``bit`` set on one pixel; planes BAD=0, SAT=1."""
     mask = np.zeros(SHAPE, np.int32)
-    mask[3, 4] = 1 << 12
-    ccd = BitMaskCCDData(
+    mask[3, 4] = 1 << bit
+    return cls(
         np.ones(SHAPE),
         unit="adu",
         uncertainty=VarianceUncertainty(np.ones(SHAPE)),
         mask=mask,
         meta={"MP_BAD": 0, "MP_SAT": 1},
     )
-    with pytest.raises(InputError, match="12"):
-        ccddata_inputs(ccd)
+
+
+@case("undeclared-mask-bits")
+def test_mask_bits_not_declared():
+    with pytest.raises(InputError, match=r"bit\(s\) 12 .*declared planes"):
+        ccddata_inputs(_ccd_with_mask_bit(12, BitMaskCCDData))
 
 
 @case("ccddata-bool-mask-with-planes")
 def test_boolean_ccddata_mask_with_plane_names():
-    mask = np.zeros(SHAPE, np.int32)
-    mask[1, 2] = 2
-    ccd = CCDData(
-        np.ones(SHAPE),
-        unit="adu",
-        uncertainty=VarianceUncertainty(np.ones(SHAPE)),
-        mask=mask,
-        meta={"MP_BAD": 0, "MP_SAT": 1},
-    )
+    # A plain CCDData turns the integer mask into booleans: the planes are lost.
     with pytest.raises(InputError, match="boolean"):
-        ccddata_inputs(ccd)
+        ccddata_inputs(_ccd_with_mask_bit(1))
 
 
 @case("background-shape")
