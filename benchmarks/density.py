@@ -82,6 +82,7 @@ def free_row(cf, crb, work: Path, timeout: float, code: str, cs_python: str) -> 
     sc = bl.score(bl.load_catalog(out), cf.field, crb)
     row.update(
         fit_seconds=info["fit_seconds"],
+        fit_cpu_seconds=info.get("fit_cpu_seconds_main"),
         peak_rss_mib=info["peak_rss_mib"],
         n_sources=info["n_sources"],
         score={k: sc[k] for k in ("bins", "summary", "completeness_5_30", "crb_bins", "n_det")},
@@ -121,6 +122,7 @@ def forced_row(cf, crb, snr_min: float, work: Path, timeout: float) -> dict:
         return row
     row.update(
         fit_seconds=info["fit_seconds"],
+        fit_cpu_seconds=info.get("fit_cpu_seconds_main"),
         peak_rss_mib=info["peak_rss_mib"],
         n_sources=info["n_sources"],
         score=bl.score_forced(bl.load_catalog(out), cf.field, rows, crb),
@@ -233,35 +235,42 @@ def markdown(res) -> str:
         "## Free fit",
         "",
         "| code | size | stars/px | stars in image | sources | fit (s) | ms / source "
-        "| × 0.02 | peak RSS (MiB) | completeness 5–10 / 10–30 | spurious (all) "
-        "| scatter / crowded CRB 10–30 / 30–100 / 100–300 (n) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| × 0.02 | CPU ms / source | × 0.02 | peak RSS (MiB) | completeness 5–10 / 10–30 "
+        "| spurious (all) | scatter / crowded CRB 10–30 / 30–100 / 100–300 (n) | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    base = {}
+    base, base_cpu = {}, {}
     for r in rows:
         if r["mode"] == "free" and not r["timed_out"] and r["density"] == 0.02:
             base[(r["code"], r["size"])] = r["fit_seconds"] / r["n_sources"]
+            if r.get("fit_cpu_seconds"):
+                base_cpu[(r["code"], r["size"])] = r["fit_cpu_seconds"] / r["n_sources"]
     for r in rows:
         if r["mode"] != "free":
             continue
         head = f"| {r['code']} | {r['size']}² | {r['density']:g} | {r['n_truth_in_image']} |"
         if r["timed_out"]:
-            L.append(head + f" — | stopped after {r['process_wall_seconds']:.0f} s |" + " |" * 6)
+            L.append(head + f" — | stopped after {r['process_wall_seconds']:.0f} s |" + " |" * 8)
             continue
         sc = r["score"]
         per = r["fit_seconds"] / r["n_sources"]
         b0 = base.get((r["code"], r["size"]))
+        cpu = r.get("fit_cpu_seconds")
+        per_cpu = cpu / r["n_sources"] if cpu else None
+        c0 = base_cpu.get((r["code"], r["size"]))
         comp = [_bin(sc["bins"], lo).get("completeness") for lo in (5.0, 10.0)]
         crbs = [_bin(sc["crb_bins"], lo) for lo in (10.0, 30.0, 100.0)]
         L.append(
             head + f" {r['n_sources']} | {r['fit_seconds']:.1f} | {1000 * per:.2f} | "
-            f"{bl.fmt(per / b0 if b0 else None, 2)} | {r['peak_rss_mib']:.0f} | "
+            f"{bl.fmt(per / b0 if b0 else None, 2)} | "
+            f"{bl.fmt(1000 * per_cpu if per_cpu else None, 2)} | "
+            f"{bl.fmt(per_cpu / c0 if per_cpu and c0 else None, 2)} | {r['peak_rss_mib']:.0f} | "
             f"{bl.fmt(comp[0])} / {bl.fmt(comp[1])} | "
             f"{bl.fmt(sc['summary']['spurious_fraction'])} | "
             + " / ".join(
                 f"{bl.fmt(c.get('scatter_over_crowded_crb'), 2)} ({c.get('n', 0)})" for c in crbs
             )
-            + " |"
+            + f" | {r.get('measured', '')} |"
         )
     L += [
         "",
@@ -272,13 +281,14 @@ def markdown(res) -> str:
         "density. Per true-S/N bin (unsaturated stars): robust scatter of (f − t)/t, median "
         "(f − t)/t, and robust scatter of (f − t)/σ_CRB (crowded bound, the CRB stars).",
         "",
-        "| size | stars/px | S/N ≥ | forced | fit (s) | × free | peak RSS (MiB) | finite "
+        "| size | stars/px | S/N ≥ | forced | fit (s) | × free | CPU × free | peak RSS (MiB) "
+        "| finite "
         "| scatter (f−t)/t <3 / 5–10 / 10–30 / 100–300 | median (f−t)/t <3 / 5–10 / 30–100 "
-        "| scatter / crowded CRB <3 / 5–10 / 10–30 / 30–100 / 100–300 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scatter / crowded CRB <3 / 5–10 / 10–30 / 30–100 / 100–300 | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    free_s = {
-        (r["size"], r["density"]): r["fit_seconds"]
+    free = {
+        (r["size"], r["density"]): r
         for r in rows
         if r["mode"] == "free" and r["code"] == "engine" and not r["timed_out"]
     }
@@ -287,12 +297,14 @@ def markdown(res) -> str:
             continue
         head = f"| {r['size']}² | {r['density']:g} | {r['forced_snr_min']:g} | {r['n_forced']} |"
         if r["timed_out"]:
-            L.append(head + f" stopped after {r['process_wall_seconds']:.0f} s |" + " |" * 6)
+            L.append(head + f" stopped after {r['process_wall_seconds']:.0f} s |" + " |" * 8)
             continue
         b = r["score"]["bins"]
-        fs = free_s.get((r["size"], r["density"]))
+        fr = free.get((r["size"], r["density"]), {})
+        fs, fc, cpu = fr.get("fit_seconds"), fr.get("fit_cpu_seconds"), r.get("fit_cpu_seconds")
         L.append(
             head + f" {r['fit_seconds']:.1f} | {bl.fmt(r['fit_seconds'] / fs if fs else None, 2)}"
+            f" | {bl.fmt(cpu / fc if cpu and fc else None, 2)}"
             f" | {r['peak_rss_mib']:.0f} | {r['score']['n_finite']}/{r['score']['n_forced']} | "
             + " / ".join(
                 bl.fmt(_bin(b, lo).get("scatter_rel"), 3) for lo in (0.0, 5.0, 10.0, 100.0)
@@ -306,7 +318,7 @@ def markdown(res) -> str:
                 bl.fmt(_bin(b, lo).get("scatter_over_crowded_crb"), 2)
                 for lo in (0.0, 5.0, 10.0, 30.0, 100.0)
             )
-            + " |"
+            + f" | {r.get('measured', '')} |"
         )
     warn = {
         f"{r['code']} {r['mode']} {r['density']:g}": r["warnings"]
