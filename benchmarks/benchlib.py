@@ -157,9 +157,16 @@ def _tree_rss(proc) -> int:
 
 
 def run_measured(
-    cmd: list[str], log_path: Path | None = None, env: dict | None = None, poll: float = 0.1
+    cmd: list[str],
+    log_path: Path | None = None,
+    env: dict | None = None,
+    poll: float = 0.1,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
     """Run ``cmd``; return its exit code, wall time and peak memory.
+
+    ``timeout``: seconds after which the child is killed (``timed_out`` is
+    then true and the exit code negative).
 
     ``tree_peak_rss_mib``: the largest *sum* of RSS over the child and all
     its descendants, sampled every ``poll`` s with psutil (what a parallel
@@ -186,6 +193,15 @@ def run_measured(
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
+    timed_out = threading.Event()
+    if timeout is not None:
+
+        def kill():
+            if not stop.wait(timeout):
+                timed_out.set()
+                proc.kill()
+
+        threading.Thread(target=kill, daemon=True).start()
     _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     stop.set()
@@ -199,6 +215,7 @@ def run_measured(
         "tree_peak_rss_mib": peak[0] / 2**20,
         "user_seconds": ru.ru_utime,
         "system_seconds": ru.ru_stime,
+        "timed_out": timed_out.is_set(),
     }
 
 
@@ -209,8 +226,13 @@ def run_engine(
     n_processes: int = 1,
     log_path: Path | None = None,
     extra: list[str] | None = None,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Fit with our engine in a fresh process (this interpreter)."""
+    """Fit with our engine in a fresh process (this interpreter).
+
+    With ``timeout``, a run killed after that many seconds returns
+    ``{"timed_out": True, ...}`` (no catalogue) instead of raising.
+    """
     cmd = [
         sys.executable,
         str(HERE / "run_engine.py"),
@@ -221,7 +243,9 @@ def run_engine(
         "--n-processes",
         str(n_processes),
     ] + list(extra or [])
-    meas = run_measured(cmd, log_path)
+    meas = run_measured(cmd, log_path, timeout=timeout)
+    if meas["timed_out"]:
+        return meas
     return _merge_runner_info(meas, out, log_path)
 
 
@@ -232,12 +256,16 @@ def run_crowdsource(
     psf: str = "true",
     log_path: Path | None = None,
     extra: list[str] | None = None,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Fit with crowdsourcephoto in a fresh process of its own environment."""
+    """Fit with crowdsourcephoto in a fresh process of its own environment
+    (``timeout`` as for `run_engine`)."""
     cmd = [python, str(HERE / "run_crowdsource.py"), str(npz), str(out), "--psf", psf] + list(
         extra or []
     )
-    meas = run_measured(cmd, log_path)
+    meas = run_measured(cmd, log_path, timeout=timeout)
+    if meas["timed_out"]:
+        return meas
     return _merge_runner_info(meas, out, log_path)
 
 

@@ -7,12 +7,52 @@ the inverse variance; pixels with zero weight are left out.  Rather than
 running LSQR on this tall matrix (as crowdsource does), we form the normal
 equations ``H = A^T A``: each source couples only to the neighbours its
 stamp overlaps, so ``H`` is small and very sparse (tens of non-zeros per
-row).  It is solved directly with a sparse LU factorisation (minimum-degree
-ordering): on a 512x512 field at 0.02 stars/px, 6000 unknowns take 0.04 s,
-where conjugate gradients preconditioned with each source's 3x3 block
-needed hundreds of iterations (close pairs make ``H`` ill-conditioned).
-Conjugate gradients, warm-started from the previous pass, remain as the
-fallback and as an option.
+row).  Sources whose positions are held (forced positions that may not
+move) get no derivative columns.
+
+``H`` is solved directly (`_solve_direct`): scaled to unit diagonal, then
+factorised by SuperLU with a minimum-degree ordering of ``H + H^T`` and
+**no pivoting** (``diag_pivot_thresh=0``, ``SymmetricMode``).  ``H`` is
+symmetric positive definite, so this is Cholesky in LU form and stable.
+SuperLU's default partial pivoting is not: it swaps rows wherever an
+off-diagonal exceeds its diagonal, which destroys the fill-reducing
+ordering, and crowded systems hit a cliff (issue 16).  Measured on the
+512x512 benchmark field (0.02 stars/px) forced at its 5098 true stars,
+15 000-16 000 unknowns per pass: pivoted, the factor had 14-25x the
+non-zeros of ``H`` and took 2.6-5.2 s per pass; unpivoted, 3.5x and
+0.12-0.22 s (the fit: 27.9 s -> 6.1 s).  On 1024x1024 with all 20 293 true
+stars forced the fit now takes 22 s, the free fit of the same image 13 s
+(one run each, shared machine; issue 16 had stopped the pivoted solve of a
+similar scene after 28 minutes).  Other orderings, all
+pivoted / unpivoted, on one of those systems: COLAMD 12.7x / 11.7x, 1.06 /
+0.93 s; MMD on ``A^T A`` 9.4x / 8.3x, 0.88 / 0.74 s; MMD on ``H + H^T``
+21.5x / 3.5x, 5.0 / 0.27 s (0.18 s scaled to unit diagonal).  On the free
+fit the factor was already near 2x ``H``; the free catalogue of the
+1024x1024 benchmark field is the same to rounding (8259 sources, fluxes
+within 5.4e-8 relative, positions within 4e-8 px).
+
+Unit diagonal makes each pivot the fraction of its column that the columns
+eliminated before it do not explain.  A pivot below `PIVOT_TOL` means the
+system is numerically rank-deficient -- two forced positions on the same
+spot; note that a target on empty sky is *not* a problem, ``H`` does not
+depend on the data -- and then `DEGENERATE_RIDGE` times the diagonal is
+added to every column and the matrix factorised again: a coincident pair
+then shares its light equally, with an error that says it is unconstrained.
+Before, such systems were exactly singular and went to conjugate gradients.
+
+Conjugate gradients preconditioned with each source's own block
+(``solver="cg"``, and the fallback when the factorisation fails) needed
+hundreds of iterations on a 512x512 field at 0.02 stars/px (close pairs
+make ``H`` ill-conditioned) where the direct solve of 6000 unknowns took
+0.04 s.
+
+What the free fit costs in dense fields is mostly not the factorisation:
+at 0.1 stars/px on 1024x1024 (15 800 sources), forming ``A`` took ~1.8 s
+per pass, ``A^T A`` ~1.9 s and the factorisation ~1 s.  Bright stars get
+59x59 stamps, and a dense field detects a larger share of them (12 % of
+the sources at 0.1 stars/px, 3 % at 0.02), so ``A`` has twice the non-zeros
+per source (570 against 290); a block-sparse (BSR, 3x3) product was only
+30 % faster than the CSR one and not kept.
 """
 
 from __future__ import annotations
@@ -74,7 +114,10 @@ def _design(
     normal matrix (the products of their flux and derivative stamps) in
     ``held_blocks`` (NaN for the others), for their position errors.
     """
-    blocks = []
+    # The columns' data, row indices and counts, concatenated once at the end
+    # (one CSC matrix built from its arrays; stacking per-group matrices cost
+    # as much as the normal product on dense fields).
+    data_parts, index_parts, count_parts = [], [], []
     col_of_src = np.zeros(n_src, dtype=np.int64)
     held_blocks = np.full((n_src, 3, 3), np.nan) if derivatives and not with_d.all() else None
     col = 0
@@ -87,7 +130,9 @@ def _design(
         gd = with_d[g.index]
         comps = [g.psf] + ([g.dpsf_dx, g.dpsf_dy] if derivatives else [])
         ncomp = len(comps)
-        vals = np.stack([c.reshape(n, s * s) * sw for c in comps], axis=1)
+        vals = np.empty((n, ncomp, s * s))
+        for k, c in enumerate(comps):
+            np.multiply(c.reshape(n, s * s), sw, out=vals[:, k])
         if held_blocks is not None and not gd.all():
             v = vals[~gd]
             held_blocks[g.index[~gd]] = np.einsum("nap,nbp->nab", v, v)
@@ -96,20 +141,29 @@ def _design(
         keep = np.ones((n, ncomp), bool)
         keep[:, 1:] = gd[:, None]
         mask = use[:, None, :] & keep[:, :, None]
-        data = vals[mask]
-        indices = np.broadcast_to(pix[:, None, :], vals.shape)[mask]
-        counts = (use.sum(axis=1)[:, None] * np.ones(ncomp, np.int64))[keep]
-        indptr = np.concatenate([[0], np.cumsum(counts)])
-        ncols = int(keep.sum())
-        blocks.append(sp.csc_matrix((data, indices.astype(np.int32), indptr), shape=(npix, ncols)))
+        data_parts.append(vals[mask])
+        pix32 = pix.astype(np.int32)
+        index_parts.append(np.broadcast_to(pix32[:, None, :], vals.shape)[mask])
+        count_parts.append((use.sum(axis=1)[:, None] * np.ones(ncomp, np.int64))[keep])
         width = keep.sum(axis=1)
         col_of_src[g.index] = col + np.cumsum(width) - width
-        col += ncols
+        col += int(width.sum())
+    nsrc_cols = col
     if sky_basis is not None:
-        blocks.append(sp.csc_matrix(sky_basis * sqrt_w[:, None]))
-    if not blocks:
-        return sp.csc_matrix((npix, 0)), col_of_src, col, held_blocks
-    return sp.hstack(blocks, format="csc"), col_of_src, col, held_blocks
+        sky = sp.csc_matrix(sky_basis * sqrt_w[:, None])
+        data_parts.append(sky.data)
+        index_parts.append(sky.indices.astype(np.int32))
+        count_parts.append(np.diff(sky.indptr))
+        col += sky.shape[1]
+    if not data_parts:
+        return sp.csc_matrix((npix, 0)), col_of_src, nsrc_cols, held_blocks
+    counts = np.concatenate(count_parts)
+    indptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    A = sp.csc_matrix(
+        (np.concatenate(data_parts), np.concatenate(index_parts), indptr), shape=(npix, col)
+    )
+    return A, col_of_src, nsrc_cols, held_blocks
 
 
 def _block_inverse(
