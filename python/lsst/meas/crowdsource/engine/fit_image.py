@@ -288,9 +288,8 @@ def fit_image(
     column_info = dict(ENGINE_COLUMNS)
     _add_pixel_flags(columns, column_info, data.flags, psf_out)
     if defects:
-        columns["flag_unfittable"] = _core_hits(defects.mask, columns["x"], columns["y"], psf_out)[
-            0
-        ]
+        touching, _ = _core_hits(defects.mask, columns["x"], columns["y"], psf_out)
+        columns["flag_unfittable"] = touching
     if forced is not None:
         columns = _one_row_per_forced_position(columns, forced, home, log)
     columns["x"], columns["y"] = data.to_parent(columns["x"], columns["y"])
