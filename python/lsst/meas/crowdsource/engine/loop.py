@@ -166,15 +166,15 @@ class TileState:
         self.unfit: tuple[ForcedPositions, np.ndarray] | None = None
         self.scene = _Scene.empty(self.shape)
         self.sky_regions = data.sky_regions
+        # The first sky: one median (per sky region) of the image alone.
         self.scene.sky = sky_under_model(
             self.image,
             self.scene.under_sky,
             self.good,
             self.weight,
             params,
-            True,
-            None,
-            self.sky_regions,
+            coarse=True,
+            regions=self.sky_regions,
         )
         self.solution: _Solution | None = None
         self.history: list[dict] = []
