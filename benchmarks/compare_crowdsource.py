@@ -243,7 +243,8 @@ def figure(res, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.5))
-    for c, sty, col in zip(res["codes"], ("o-", "s--", "^:"), ("C0", "C1", "C2")):
+    styles = ("o-", "s--", "^:", "v-.", "d-")
+    for c, sty, col in zip(res["codes"], styles, [f"C{k}" for k in range(len(styles))]):
         s = res["codes"][c]["score"]["fig"]
         comp = s["completeness"]
         mid = [
@@ -321,6 +322,11 @@ def main(argv=None):
         "crowdsource), none, or both (the 'none' run is timed once)",
     )
     ap.add_argument(
+        "--fixed-psf",
+        action="store_true",
+        help="also run both codes with the starting PSF held fixed (no refit; one run each)",
+    )
+    ap.add_argument(
         "--crb-random",
         type=int,
         default=3000,
@@ -354,6 +360,8 @@ def main(argv=None):
             "engine": "engine",
             "engine (no PSF given)": "engine_psf_none",
             "crowdsourcephoto": "crowdsource",
+            "engine (PSF held fixed)": "engine_fixed",
+            "crowdsourcephoto (PSF held fixed)": "crowdsource_fixed",
         }
         for c, v in res["codes"].items():
             k = int(np.argmin(v["run"]["fit_seconds_all"]))
@@ -410,6 +418,34 @@ def main(argv=None):
             psf="true",
         )
         codes["crowdsourcephoto"] = {"run": info, "score": bl.score(cat, fld, crb)}
+    if args.fixed_psf:
+        info, cat = run_code(
+            "engine_fixed",
+            bl.run_engine,
+            1,
+            work,
+            cf.key,
+            npz=cf.npz,
+            psf="true",
+            extra=["--param", "refit_psf=False"],
+        )
+        codes["engine (PSF held fixed)"] = {"run": info, "score": bl.score(cat, fld, crb)}
+        if not args.skip_crowdsource:
+            info, cat = run_code(
+                "crowdsource_fixed",
+                bl.run_crowdsource,
+                1,
+                work,
+                cf.key,
+                npz=cf.npz,
+                python=args.cs_python,
+                psf="true",
+                extra=["--fixed-psf"],
+            )
+            codes["crowdsourcephoto (PSF held fixed)"] = {
+                "run": info,
+                "score": bl.score(cat, fld, crb),
+            }
 
     for c, v in codes.items():
         w = v["run"].get("logged_warnings", [])

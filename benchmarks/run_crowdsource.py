@@ -88,6 +88,9 @@ def main():
     ap.add_argument("--psf", choices=("true", "moffat"), default="true")
     ap.add_argument("--moffat-fwhm", type=float, default=3.5)
     ap.add_argument("--ntile", type=int, default=1, help="ntilex = ntiley (fit_im default 1)")
+    ap.add_argument(
+        "--fixed-psf", action="store_true", help="hold the starting PSF fixed (refit_psf=False)"
+    )
     args = ap.parse_args()
 
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -129,7 +132,7 @@ def main():
             psf,
             weight=weight,
             dq=mask,
-            refit_psf=True,
+            refit_psf=not args.fixed_psf,
             verbose=True,
             ntilex=args.ntile,
             ntiley=args.ntile,
