@@ -290,6 +290,16 @@ def test_bright_neighbours_simultaneous_vs_independent(bright_neighbours):
     pull = (np.asarray(table["psfInstFlux"]) - f_faint) / np.asarray(table["psfInstFluxErr"])
     assert 0.7 < robust_scatter(pull) < 2.2, robust_scatter(pull)
 
+    # DOLPHOT's crowding: how much brighter (mag) without the neighbours in the fit;
+    # the independent flux above is that "alone" measurement, so they agree.
+    crowding = np.asarray(table["crowdsource_crowding"])
+    assert str(table["crowdsource_crowding"].unit) == "mag"
+    expected = 2.5 * np.log10(independent / simultaneous)
+    ok = np.isfinite(crowding) & np.isfinite(expected)
+    assert ok.sum() >= 30
+    assert np.median(crowding[ok]) > 1.0
+    assert np.median(np.abs(crowding[ok] - expected[ok])) < 0.2
+
     # Only the reference positions, nothing found: the bright light leaks in.
     alone = (
         CrowdsourceForcedPhotometryTask(config=make_config(findNewSources=False))

@@ -69,3 +69,13 @@ def test_settling_is_what_removes_them():
     assert np.count_nonzero(d >= 1) > 0.1 * len(r)
     settled = fit_image(f.image, f.variance, psf=None)
     assert [h.get("psf_settle_rounds") for h in settled.history][0] >= 1
+
+
+def test_isolated_stars_have_no_crowding():
+    """``crowding`` (mag brighter without the neighbours in the fit) is ~0 for isolated stars."""
+    f = isolated_field("moffat", 4.7)
+    r = fit_image(f.image, f.variance, psf=f.psf_stamp)
+    crowding = r.columns["crowding"]
+    assert np.isfinite(crowding).mean() > 0.95
+    assert abs(np.nanmedian(crowding)) < 0.01
+    assert np.nanpercentile(np.abs(crowding), 90) < 0.05

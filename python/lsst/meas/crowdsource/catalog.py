@@ -100,6 +100,7 @@ _DIAGNOSTICS = {
     "crowdsource_fwhm": "fwhm",
     "crowdsource_spreadModel": "spread_model",
     "crowdsource_spreadModelErr": "spread_model_err",
+    "crowdsource_crowding": "crowding",
     "crowdsource_passFound": "pass_found",
     "crowdsource_flag_edge": "flag_edge",
     "crowdsource_flag_noGoodPixels": "flag_no_good_pixels",

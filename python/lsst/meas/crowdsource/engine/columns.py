@@ -61,6 +61,13 @@ ENGINE_COLUMNS: dict[str, tuple[str, str, str]] = {
         "SExtractor-style spread_model (0 for point sources, positive for extended).",
     ),
     "spread_model_err": ("f4", "", "1-sigma uncertainty of spread_model."),
+    "crowding": (
+        "f4",
+        "mag",
+        "How much brighter the source would have been measured had its neighbours not been "
+        "fit with it (DOLPHOT's crowding): 2.5 log10 of the PSF-weighted flux of the image "
+        "minus sky at its position over the simultaneous flux; 0 when isolated.",
+    ),
     "pass_found": (
         "i2",
         "",

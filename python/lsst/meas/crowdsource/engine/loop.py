@@ -30,7 +30,13 @@ import numpy as np
 
 from .image import ImageData, pixel_values
 from .linear import LinearFit, solve_scene
-from .measure import StampMeasurements, measure_sources, stamp_flags, usable_fraction
+from .measure import (
+    StampMeasurements,
+    crowding_mag,
+    measure_sources,
+    stamp_flags,
+    usable_fraction,
+)
 from .params import FitParams
 from .peaks import MatchedFilter, Peaks, find_peaks, saturated_sources, saturated_wings
 from .psf import PixelPsf
@@ -589,6 +595,7 @@ class TileState:
             fwhm=meas.fwhm,
             spread_model=meas.spread_model,
             spread_model_err=meas.spread_model_err,
+            crowding=crowding_mag(meas.flux_alone, flux),
             pass_found=src.pass_found.copy(),
             forced_index=src.forced_index.copy(),
             flag_edge=None,

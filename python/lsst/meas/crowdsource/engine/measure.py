@@ -57,6 +57,7 @@ class StampMeasurements:
     spread_model: np.ndarray
     spread_model_err: np.ndarray
     median_loss: np.ndarray
+    flux_alone: np.ndarray
     n_good: np.ndarray
 
     @classmethod
@@ -234,10 +235,32 @@ def measure_sources(
             out.shift_x[i], out.shift_y[i] = shift_x, shift_y
         out.flux_lbs[i], out.flux_lbs_err[i] = _local_background_flux(st)
         out.median_loss[i] = _median_loss(st)
+        out.flux_alone[i] = _flux_alone(st)
         out.fwhm[i] = source_fwhm(st.P, st.D, st.good)
         if broad_groups is not None:
             out.spread_model[i], out.spread_model_err[i] = _spread_model(st, broad_groups[gi].psf)
     return out
+
+
+def _flux_alone(st: _Stamps) -> np.ndarray:
+    """PSF-weighted flux of the stamp with its neighbours left in (``R + M``: image - sky)."""
+    w = st.W * st.good
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (st.P * w * (st.R + st.M)).sum(axis=(1, 2)) / (st.P * st.P * w).sum(axis=(1, 2))
+
+
+def crowding_mag(flux_alone: np.ndarray, flux: np.ndarray) -> np.ndarray:
+    """How much brighter (mag) a source would be measured without its neighbours in the fit.
+
+    DOLPHOT's "crowding": ``2.5 log10(flux_alone / flux)``, with
+    ``flux_alone`` the PSF-weighted flux of the image minus sky at the
+    source (`measure_sources`, neighbours not subtracted) and ``flux``
+    the simultaneous fit's.  0 for an isolated star; NaN unless both are
+    positive.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = (flux_alone > 0) & (flux > 0)
+        return np.where(ok, 2.5 * np.log10(np.where(ok, flux_alone / flux, 1.0)), np.nan)
 
 
 def source_fwhm(P: np.ndarray, D: np.ndarray, good: np.ndarray) -> np.ndarray:
