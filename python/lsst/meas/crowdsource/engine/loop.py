@@ -30,12 +30,25 @@ import numpy as np
 
 from .image import ImageData, pixel_values
 from .linear import LinearFit, solve_scene
-from .measure import StampMeasurements, measure_sources, stamp_flags, usable_fraction
+from .measure import (
+    StampMeasurements,
+    isolated_steps,
+    measure_sources,
+    stamp_flags,
+    usable_fraction,
+)
 from .params import FitParams
 from .peaks import MatchedFilter, Peaks, find_peaks, saturated_sources, saturated_wings
 from .psf import PixelPsf
-from .psf_fit import TilePsf, refit_psf
-from .scene import StampGroup, choose_stamp_sizes, render_scene, scene_image, wing_image
+from .psf_fit import TilePsf, psf_star_precut, refit_psf
+from .scene import (
+    StampGroup,
+    add_derivatives,
+    choose_stamp_sizes,
+    render_scene,
+    scene_image,
+    wing_image,
+)
 from .sky import (
     AdaptiveSky,
     SplineSky,
@@ -283,8 +296,19 @@ class TileState:
         size_idx = choose_stamp_sizes(
             src.flux, psf.model, psf.sizes, self.noise, p.stamp_noise_fraction
         )
+        # Held forced positions need no derivative columns (issue 16: they made
+        # up most of the normal matrix of a crowded forced scene), nor stamps.
+        held = src.forced if self.refine_forced == 0 else None
         groups = render_scene(
-            src.x, src.y, size_idx, psf.sizes, psf.model, self.shape, True, self.frame
+            src.x,
+            src.y,
+            size_idx,
+            psf.sizes,
+            psf.model,
+            self.shape,
+            True,
+            self.frame,
+            need_d=None if held is None else ~held,
         )
         lin = solve_scene(
             groups,
@@ -300,9 +324,7 @@ class TileState:
             p.cg_maxiter,
             p.derivative_ridge,
             solver=p.solver,
-            # Held forced positions need no derivative columns (issue 16:
-            # they made up most of the normal matrix of a crowded forced scene).
-            held=src.forced if self.refine_forced == 0 else None,
+            held=held,
         )
         src.flux, src.gx, src.gy = lin.flux, lin.gx, lin.gy
         s.model = scene_image(
@@ -340,12 +362,46 @@ class TileState:
         )
         with np.errstate(invalid="ignore", divide="ignore"):
             sol.snr = src.flux / sol.lin.flux_err
+        self._held_steps()
         sx = np.clip(np.nan_to_num(sol.meas.shift_x), -p.max_shift, p.max_shift)
         sy = np.clip(np.nan_to_num(sol.meas.shift_y), -p.max_shift, p.max_shift)
         still = ~(sol.snr >= p.centroid_min_snr)
         sx[still] = 0.0
         sy[still] = 0.0
         return self.sources.restrain_forced(sx, sy, self.refine_forced)
+
+    def _held_steps(self) -> None:
+        """The isolated-fit steps of the held sources that may be PSF stars.
+
+        `solve` renders no derivative stamps for held forced positions, so
+        their steps are NaN; `refit_psf` cuts on (and aligns with) the step
+        of the PSF-star candidates, which may be forced: those get their
+        derivative stamps and steps here, as the other sources have them.
+        """
+        p, src, sol = self.params, self.sources, self.solution
+        if not p.refit_psf or all(g.with_d is None for g in sol.groups):
+            return
+        missing = np.zeros(len(src), bool)
+        for g in sol.groups:
+            if g.with_d is not None:
+                missing[g.index[~g.with_d]] = True
+        rows = missing & psf_star_precut(src, sol.meas, sol.snr, p, self.psf.core, self.shape)
+        if not rows.any():
+            return
+        groups = add_derivatives(sol.groups, rows, src.x, src.y, self.psf.model, self.frame)
+        shift_x, shift_y = isolated_steps(
+            groups,
+            len(src),
+            np.nan_to_num(src.flux),
+            np.nan_to_num(src.gx),
+            np.nan_to_num(src.gy),
+            sol.resid,
+            self.weight,
+            self.scene.model,
+        )
+        sol.meas.shift_x[rows] = shift_x[rows]
+        sol.meas.shift_y[rows] = shift_y[rows]
+        self.log.debug("%s%d held sources' steps measured", self.label, int(rows.sum()))
 
     def refit_psf(self, it: int) -> float:
         """A new PSF from neighbour-subtracted stamps of good stars, if plausible.
