@@ -32,7 +32,6 @@ from .image import ImageData, pixel_values
 from .linear import LinearFit, solve_scene
 from .measure import (
     StampMeasurements,
-    isolated_steps,
     measure_sources,
     stamp_flags,
     usable_fraction,
@@ -40,7 +39,7 @@ from .measure import (
 from .params import FitParams
 from .peaks import MatchedFilter, Peaks, find_peaks, saturated_sources, saturated_wings
 from .psf import PixelPsf
-from .psf_fit import TilePsf, psf_star_precut, refit_psf
+from .psf_fit import TilePsf, refit_psf
 from .scene import (
     StampGroup,
     add_derivatives,
@@ -298,7 +297,7 @@ class TileState:
         )
         # Held forced positions need no derivative columns (issue 16: they made
         # up most of the normal matrix of a crowded forced scene), nor stamps.
-        held = src.forced if self.refine_forced == 0 else None
+        held = self._held()
         groups = render_scene(
             src.x,
             src.y,
@@ -350,8 +349,10 @@ class TileState:
         """
         p, s, src, sol = self.params, self.scene, self.sources, self.solution
         sol.resid = self.image - s.sky - s.model - s.wings
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sol.snr = src.flux / sol.lin.flux_err
         sol.meas = measure_sources(
-            sol.groups,
+            self._measured_groups(),
             len(src),
             np.nan_to_num(src.flux),
             np.nan_to_num(src.gx),
@@ -360,9 +361,6 @@ class TileState:
             self.weight,
             s.model,
         )
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sol.snr = src.flux / sol.lin.flux_err
-        self._held_steps()
         sx = np.clip(np.nan_to_num(sol.meas.shift_x), -p.max_shift, p.max_shift)
         sy = np.clip(np.nan_to_num(sol.meas.shift_y), -p.max_shift, p.max_shift)
         still = ~(sol.snr >= p.centroid_min_snr)
@@ -370,38 +368,28 @@ class TileState:
         sy[still] = 0.0
         return self.sources.restrain_forced(sx, sy, self.refine_forced)
 
-    def _held_steps(self) -> None:
-        """The isolated-fit steps of the held sources that may be PSF stars.
+    def _held(self) -> np.ndarray | None:
+        """The sources whose positions are held fixed (`None`: none are)."""
+        return self.sources.forced if self.refine_forced == 0 else None
 
-        `solve` renders no derivative stamps for held forced positions, so
-        their steps are NaN; `refit_psf` cuts on (and aligns with) the step
-        of the PSF-star candidates, which may be forced: those get their
-        derivative stamps and steps here, as the other sources have them.
+    def _measured_groups(self) -> list[StampGroup]:
+        """The stamps of the sources `recentre` measures.
+
+        A held forced position takes no step; its measurements only matter
+        to `refit_psf`, which takes its stars above ``psf_min_snr`` (and
+        cuts on their steps, which need the derivative stamps `solve` left
+        out).  The other held sources, most of a forced scene, are not
+        measured (NaN).
         """
         p, src, sol = self.params, self.sources, self.solution
-        if not p.refit_psf or all(g.with_d is None for g in sol.groups):
-            return
-        missing = np.zeros(len(src), bool)
-        for g in sol.groups:
-            if g.with_d is not None:
-                missing[g.index[~g.with_d]] = True
-        rows = missing & psf_star_precut(src, sol.meas, sol.snr, p, self.psf.core, self.shape)
-        if not rows.any():
-            return
-        groups = add_derivatives(sol.groups, rows, src.x, src.y, self.psf.model, self.frame)
-        shift_x, shift_y = isolated_steps(
-            groups,
-            len(src),
-            np.nan_to_num(src.flux),
-            np.nan_to_num(src.gx),
-            np.nan_to_num(src.gy),
-            sol.resid,
-            self.weight,
-            self.scene.model,
-        )
-        sol.meas.shift_x[rows] = shift_x[rows]
-        sol.meas.shift_y[rows] = shift_y[rows]
-        self.log.debug("%s%d held sources' steps measured", self.label, int(rows.sum()))
+        held = self._held()
+        if held is None or not held.any():
+            return sol.groups
+        keep = ~held
+        if p.refit_psf:
+            with np.errstate(invalid="ignore"):
+                keep |= sol.snr > p.psf_min_snr
+        return add_derivatives(sol.groups, keep, src.x, src.y, self.psf.model, self.frame)
 
     def refit_psf(self, it: int) -> float:
         """A new PSF from neighbour-subtracted stamps of good stars, if plausible.

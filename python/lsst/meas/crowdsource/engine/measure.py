@@ -34,7 +34,6 @@ from .scene import StampGroup, gather, render_scene
 
 __all__ = [
     "StampMeasurements",
-    "isolated_steps",
     "measure_sources",
     "source_fwhm",
     "stamp_flags",
@@ -239,29 +238,6 @@ def measure_sources(
         if broad_groups is not None:
             out.spread_model[i], out.spread_model_err[i] = _spread_model(st, broad_groups[gi].psf)
     return out
-
-
-def isolated_steps(
-    groups: list[StampGroup],
-    n_src: int,
-    flux: np.ndarray,
-    gx: np.ndarray | None,
-    gy: np.ndarray | None,
-    resid: np.ndarray,
-    weight: np.ndarray,
-    model: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Only the position steps (``shift_x``, ``shift_y``) of `measure_sources`.
-
-    NaN for the sources not in ``groups`` (or without derivative stamps).
-    """
-    shift_x, shift_y = np.full(n_src, np.nan), np.full(n_src, np.nan)
-    for g in groups:
-        st = _Stamps.cut(g, flux, gx, gy, resid, weight, model)
-        _, sx, sy = _isolated_fit(st)
-        if sx is not None:
-            shift_x[g.index], shift_y[g.index] = sx, sy
-    return shift_x, shift_y
 
 
 def source_fwhm(P: np.ndarray, D: np.ndarray, good: np.ndarray) -> np.ndarray:

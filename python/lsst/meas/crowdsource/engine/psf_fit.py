@@ -537,34 +537,6 @@ class TilePsf:
             self._size_for(self.fwhm, params)
 
 
-def psf_star_precut(
-    src: Sources,
-    meas: StampMeasurements,
-    snr: np.ndarray,
-    params: FitParams,
-    core: int,
-    shape: tuple[int, int],
-) -> np.ndarray:
-    """The sources that pass every PSF-star cut but the one on the position step.
-
-    The cuts that do not need the isolated fit's step (``meas.shift_x``,
-    ``shift_y``): the sources without derivative stamps (held forced
-    positions) need theirs measured only where this is true.
-    """
-    with np.errstate(invalid="ignore"):
-        ok = (
-            (snr > params.psf_min_snr)
-            & (meas.qf > 0.999)
-            & (meas.fracflux > params.psf_min_fracflux)
-            & (meas.median_loss < params.psf_max_median_loss)
-            & (src.flux > 0)
-        )
-    ny, nx = shape
-    h = core // 2
-    ok &= (src.x >= h) & (src.x < nx - 1 - h) & (src.y >= h) & (src.y < ny - 1 - h)
-    return ok
-
-
 def _psf_star_candidates(
     src: Sources,
     meas: StampMeasurements,
@@ -574,9 +546,18 @@ def _psf_star_candidates(
     shape: tuple[int, int],
 ) -> np.ndarray:
     """Indices of the sources that pass the seed's PSF-star cuts, brightest kept."""
-    ok = psf_star_precut(src, meas, snr, params, core, shape)
     with np.errstate(invalid="ignore"):
-        ok &= np.hypot(meas.shift_x, meas.shift_y) < params.psf_max_shift
+        ok = (
+            (snr > params.psf_min_snr)
+            & (meas.qf > 0.999)
+            & (np.hypot(meas.shift_x, meas.shift_y) < params.psf_max_shift)
+            & (meas.fracflux > params.psf_min_fracflux)
+            & (meas.median_loss < params.psf_max_median_loss)
+            & (src.flux > 0)
+        )
+    ny, nx = shape
+    h = core // 2
+    ok &= (src.x >= h) & (src.x < nx - 1 - h) & (src.y >= h) & (src.y < ny - 1 - h)
     idx = np.nonzero(ok)[0]
     if idx.size > params.psf_max_stars:
         idx = idx[np.argsort(-snr[idx])[: params.psf_max_stars]]
