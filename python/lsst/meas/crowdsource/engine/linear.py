@@ -130,12 +130,22 @@ def _design(
         gd = with_d[g.index]
         comps = [g.psf] + ([g.dpsf_dx, g.dpsf_dy] if derivatives else [])
         ncomp = len(comps)
+        # The held sources' 3x3 blocks, where their derivative stamps were
+        # rendered (`StampGroup.with_d`).
+        hb = None
+        if held_blocks is not None and not gd.all():
+            hb = ~gd if g.with_d is None else ~gd & g.with_d
+        # The derivative values used: columns (gd) and held blocks (hb); the
+        # others are left zero (held sources without derivative stamps).
+        used_d = gd if hb is None else gd | hb
         vals = np.empty((n, ncomp, s * s))
         for k, c in enumerate(comps):
-            np.multiply(c.reshape(n, s * s), sw, out=vals[:, k])
-        if held_blocks is not None and not gd.all():
-            # Only where the derivative stamps were rendered (`StampGroup.with_d`).
-            hb = ~gd if g.with_d is None else ~gd & g.with_d
+            if k == 0 or used_d.all():
+                np.multiply(c.reshape(n, s * s), sw, out=vals[:, k])
+            else:
+                vals[:, k] = 0.0
+                vals[used_d, k] = c.reshape(n, s * s)[used_d] * sw[used_d]
+        if hb is not None:
             v = vals[hb]
             held_blocks[g.index[hb]] = np.einsum("nap,nbp->nab", v, v)
         if derivatives and not gd.any():

@@ -206,9 +206,15 @@ def scene_image(
     total = np.zeros(shape[0] * shape[1])
     for g in groups:
         stamps = flux[g.index, None, None] * g.psf
-        if gx is not None and g.dpsf_dx is not None:
+        if gx is not None and g.dpsf_dx is not None and g.with_d is None:
             stamps = (
                 stamps + gx[g.index, None, None] * g.dpsf_dx + gy[g.index, None, None] * g.dpsf_dy
+            )
+        elif gx is not None and g.dpsf_dx is not None and g.with_d.any():
+            # Only the stamps with derivatives (the others' are zero).
+            r, i = g.with_d, g.index[g.with_d]
+            stamps[r] = (
+                stamps[r] + gx[i, None, None] * g.dpsf_dx[r] + gy[i, None, None] * g.dpsf_dy[r]
             )
         v = g.valid
         total += np.bincount(g.pix[v], weights=stamps[v], minlength=total.size)
