@@ -16,7 +16,7 @@ import pytest
 from lsst.meas.crowdsource.engine import fit_image, loop
 from lsst.meas.crowdsource.engine.linear import solve_scene
 from lsst.meas.crowdsource.engine.psf import PixelPsf, moffat_stamp
-from lsst.meas.crowdsource.engine.scene import render_scene
+from lsst.meas.crowdsource.engine.scene import add_derivatives, render_scene, scene_image
 from lsst.meas.crowdsource.testing.simulate import simulate_field
 
 PSF = PixelPsf.from_stamp(moffat_stamp(25, 3.5))
@@ -121,6 +121,50 @@ def test_solve_matches_dense_reference(derivatives, with_held):
         assert np.isfinite(fit.block_inv).all()
     else:
         assert fit.gx is None
+
+
+def test_held_sources_without_derivative_stamps():
+    """``need_d`` leaves the held sources' derivative stamps out, and nothing else changes.
+
+    Same PSF stamps; the solve, the model and (for the sources with
+    derivatives) the blocks are the same to the bit; held sources'
+    blocks are flux-only; `add_derivatives` renders the missing stamps as
+    a full render does.
+    """
+    rng = np.random.default_rng(5)
+    shape = (40, 44)
+    n = 30
+    x, y = rng.uniform(2, shape[1] - 3, n), rng.uniform(2, shape[0] - 3, n)
+    sizes = [9, 13]
+    size_idx = rng.integers(0, 2, n)
+    held = np.zeros(n, bool)
+    held[::2] = True
+    weight = rng.uniform(0.5, 1.5, shape) * 1e-3
+    data = rng.normal(size=shape) * 30.0 + 100.0
+    full = render_scene(x, y, size_idx, sizes, PSF, shape, True)
+    part = render_scene(x, y, size_idx, sizes, PSF, shape, True, need_d=~held)
+    for f, p in zip(full, part):
+        np.testing.assert_array_equal(p.psf, f.psf)
+        np.testing.assert_array_equal(p.with_d, ~held[p.index])
+        np.testing.assert_array_equal(p.dpsf_dx[p.with_d], f.dpsf_dx[p.with_d])
+        assert not p.dpsf_dy[~p.with_d].any()
+    fits = [solve_scene(g, n, data, weight, True, np.zeros(n), held=held) for g in (full, part)]
+    for name in ("flux", "gx", "gy", "flux_err"):
+        np.testing.assert_array_equal(getattr(fits[1], name), getattr(fits[0], name))
+    np.testing.assert_array_equal(fits[1].block_inv[~held], fits[0].block_inv[~held])
+    assert np.isfinite(fits[1].block_inv[held, 0, 0]).all()
+    assert np.isnan(fits[1].block_inv[held, 1:]).all()
+    models = [scene_image(g, fits[0].flux, shape, fits[0].gx, fits[0].gy) for g in (full, part)]
+    np.testing.assert_array_equal(models[1], models[0])
+    rows = held | (rng.uniform(size=n) < 0.5)
+    added = add_derivatives(part, rows, x, y, PSF)
+    assert sorted(np.concatenate([g.index for g in added])) == list(np.nonzero(rows)[0])
+    for a in added:
+        f = next(g for g in full if g.size == a.size)
+        at = np.searchsorted(f.index, a.index)
+        np.testing.assert_array_equal(a.dpsf_dx, f.dpsf_dx[at])
+        np.testing.assert_array_equal(a.dpsf_dy, f.dpsf_dy[at])
+        np.testing.assert_array_equal(a.psf, f.psf[at])
 
 
 def test_duplicate_columns_are_ridged():

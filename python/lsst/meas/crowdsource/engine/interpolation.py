@@ -64,17 +64,23 @@ def lanczos_weights(shift: np.ndarray, derivative: bool = False):
 
 
 def _apply_taps(stamps: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
-    """Apply per-stamp tap weights along ``axis`` (1 = rows, 2 = columns)."""
-    n = LANCZOS_ORDER
-    pad = [(0, 0), (0, 0), (0, 0)]
-    pad[axis] = (n, n)
-    padded = np.pad(stamps, pad)
+    """Apply per-stamp tap weights along ``axis`` (1 = rows, 2 = columns).
+
+    Outside the stamp the profile is zero: each tap adds its weight times
+    the stamp shifted by the tap's offset, over the output pixels whose
+    source pixel is inside (the others would add an exact zero).
+    """
     size = stamps.shape[axis]
     out = np.zeros(stamps.shape, dtype=np.float64)
     for i, m in enumerate(_TAPS):
-        sl = [slice(None)] * 3
-        sl[axis] = slice(n + m, n + m + size)
-        out += weights[:, i, None, None] * padded[tuple(sl)]
+        lo, hi = max(0, -m), min(size, size - m)
+        if hi <= lo:
+            continue
+        dst = [slice(None)] * 3
+        src = [slice(None)] * 3
+        dst[axis] = slice(lo, hi)
+        src[axis] = slice(lo + m, hi + m)
+        out[tuple(dst)] += weights[:, i, None, None] * stamps[tuple(src)]
     return out
 
 

@@ -130,12 +130,24 @@ def _design(
         gd = with_d[g.index]
         comps = [g.psf] + ([g.dpsf_dx, g.dpsf_dy] if derivatives else [])
         ncomp = len(comps)
+        # The held sources' 3x3 blocks, where their derivative stamps were
+        # rendered (`StampGroup.with_d`).
+        hb = None
+        if held_blocks is not None and not gd.all():
+            hb = ~gd if g.with_d is None else ~gd & g.with_d
+        # The derivative values used: columns (gd) and held blocks (hb); the
+        # others are left zero (held sources without derivative stamps).
+        used_d = gd if hb is None else gd | hb
         vals = np.empty((n, ncomp, s * s))
         for k, c in enumerate(comps):
-            np.multiply(c.reshape(n, s * s), sw, out=vals[:, k])
-        if held_blocks is not None and not gd.all():
-            v = vals[~gd]
-            held_blocks[g.index[~gd]] = np.einsum("nap,nbp->nab", v, v)
+            if k == 0 or used_d.all():
+                np.multiply(c.reshape(n, s * s), sw, out=vals[:, k])
+            else:
+                vals[:, k] = 0.0
+                vals[used_d, k] = c.reshape(n, s * s)[used_d] * sw[used_d]
+        if hb is not None:
+            v = vals[hb]
+            held_blocks[g.index[hb]] = np.einsum("nap,nbp->nab", v, v)
         if derivatives and not gd.any():
             vals, ncomp = vals[:, :1], 1
         keep = np.ones((n, ncomp), bool)
@@ -178,7 +190,8 @@ def _block_inverse(
 
     Sources without derivative columns (``~with_d``) take their block from
     ``held_blocks`` (with the derivative ``ridge`` that `_regularise` gives
-    the others) or, without it, have only their flux entry (the rest NaN).
+    the others) or, without it (or where it is NaN: no derivative stamps
+    rendered), have only their flux entry (the rest NaN).
     """
     n = len(starts)
     blocks = np.zeros((n, ncomp, ncomp))
@@ -189,22 +202,25 @@ def _block_inverse(
             if a or b:
                 blocks[idx, a, b] = np.asarray(H[starts[idx] + a, starts[idx] + b]).ravel()
     held = ~with_d
+    flux_only = held.copy()
     if ncomp > 1:
         blocks[held, 1, 1] = blocks[held, 2, 2] = 1.0
         if held_blocks is not None:
-            hb = held_blocks[held]
+            known = held & np.isfinite(held_blocks).all(axis=(1, 2))
+            flux_only &= ~known
+            hb = held_blocks[known]
             for a in (1, 2):
                 hb[:, a, a] += ridge * np.maximum(hb[:, a, a], 1e-300)
-            blocks[held] = hb
+            blocks[known] = hb
     # Guard against singular blocks (no usable pixels).
     diag = np.einsum("naa->na", blocks)
     bad = ~(diag > 0).all(axis=1)
     blocks[bad] = np.eye(ncomp)
     inv = np.linalg.inv(blocks)
     inv[bad] = np.nan
-    if ncomp > 1 and held_blocks is None:
-        inv[held, 1:, :] = np.nan
-        inv[held, :, 1:] = np.nan
+    if ncomp > 1:
+        inv[flux_only, 1:, :] = np.nan
+        inv[flux_only, :, 1:] = np.nan
     return inv
 
 

@@ -41,7 +41,14 @@ from .params import FitParams
 from .peaks import MatchedFilter, Peaks, find_peaks, saturated_sources, saturated_wings
 from .psf import PixelPsf
 from .psf_fit import TilePsf, refit_psf
-from .scene import StampGroup, choose_stamp_sizes, render_scene, scene_image, wing_image
+from .scene import (
+    StampGroup,
+    add_derivatives,
+    choose_stamp_sizes,
+    render_scene,
+    scene_image,
+    wing_image,
+)
 from .sky import (
     AdaptiveSky,
     SplineSky,
@@ -289,8 +296,19 @@ class TileState:
         size_idx = choose_stamp_sizes(
             src.flux, psf.model, psf.sizes, self.noise, p.stamp_noise_fraction
         )
+        # Held forced positions need no derivative columns (issue 16: they made
+        # up most of the normal matrix of a crowded forced scene), nor stamps.
+        held = self._held()
         groups = render_scene(
-            src.x, src.y, size_idx, psf.sizes, psf.model, self.shape, True, self.frame
+            src.x,
+            src.y,
+            size_idx,
+            psf.sizes,
+            psf.model,
+            self.shape,
+            True,
+            self.frame,
+            need_d=None if held is None else ~held,
         )
         lin = solve_scene(
             groups,
@@ -306,9 +324,7 @@ class TileState:
             p.cg_maxiter,
             p.derivative_ridge,
             solver=p.solver,
-            # Held forced positions need no derivative columns (issue 16:
-            # they made up most of the normal matrix of a crowded forced scene).
-            held=src.forced if self.refine_forced == 0 else None,
+            held=held,
         )
         src.flux, src.gx, src.gy = lin.flux, lin.gx, lin.gy
         s.model = scene_image(
@@ -334,8 +350,10 @@ class TileState:
         """
         p, s, src, sol = self.params, self.scene, self.sources, self.solution
         sol.resid = self.image - s.sky - s.model - s.wings
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sol.snr = src.flux / sol.lin.flux_err
         sol.meas = measure_sources(
-            sol.groups,
+            self._measured_groups(),
             len(src),
             np.nan_to_num(src.flux),
             np.nan_to_num(src.gx),
@@ -344,14 +362,35 @@ class TileState:
             self.weight,
             s.model,
         )
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sol.snr = src.flux / sol.lin.flux_err
         sx = np.clip(np.nan_to_num(sol.meas.shift_x), -p.max_shift, p.max_shift)
         sy = np.clip(np.nan_to_num(sol.meas.shift_y), -p.max_shift, p.max_shift)
         still = ~(sol.snr >= p.centroid_min_snr)
         sx[still] = 0.0
         sy[still] = 0.0
         return self.sources.restrain_forced(sx, sy, self.refine_forced)
+
+    def _held(self) -> np.ndarray | None:
+        """The sources whose positions are held fixed (`None`: none are)."""
+        return self.sources.forced if self.refine_forced == 0 else None
+
+    def _measured_groups(self) -> list[StampGroup]:
+        """The stamps of the sources `recentre` measures.
+
+        A held forced position takes no step; its measurements only matter
+        to `refit_psf`, which takes its stars above ``psf_min_snr`` (and
+        cuts on their steps, which need the derivative stamps `solve` left
+        out).  The other held sources, most of a forced scene, are not
+        measured (NaN).
+        """
+        p, src, sol = self.params, self.sources, self.solution
+        held = self._held()
+        if held is None or not held.any():
+            return sol.groups
+        keep = ~held
+        if p.refit_psf:
+            with np.errstate(invalid="ignore"):
+                keep |= sol.snr > p.psf_min_snr
+        return add_derivatives(sol.groups, keep, src.x, src.y, self.psf.model, self.frame)
 
     def refit_psf(self, it: int) -> float:
         """A new PSF from neighbour-subtracted stamps of good stars, if plausible.

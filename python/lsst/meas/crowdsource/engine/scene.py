@@ -17,6 +17,7 @@ from .psf import PixelPsf, odd_size
 __all__ = [
     "StampGroup",
     "render_scene",
+    "add_derivatives",
     "resolve_stamp_sizes",
     "choose_stamp_sizes",
     "scene_image",
@@ -41,6 +42,9 @@ class StampGroup:
         PSF of each source at its position.
     dpsf_dx, dpsf_dy : `numpy.ndarray` or `None`
         Derivatives of ``psf`` with respect to the source position.
+    with_d : `numpy.ndarray` [`bool`] or `None`
+        Which stamps have their derivatives rendered (`None`: all of them,
+        when there are derivatives); the others' are zero.
     """
 
     index: np.ndarray
@@ -49,6 +53,7 @@ class StampGroup:
     psf: np.ndarray
     dpsf_dx: np.ndarray | None = None
     dpsf_dy: np.ndarray | None = None
+    with_d: np.ndarray | None = None
 
     @property
     def valid(self) -> np.ndarray:
@@ -106,13 +111,18 @@ def render_scene(
     shape: tuple[int, int],
     derivatives: bool,
     frame: PixelFrame | None = None,
+    need_d: np.ndarray | None = None,
 ) -> list[StampGroup]:
     """Render the PSF of every source, grouped by stamp size.
 
     Positions are in the pixel coordinates of the array of ``shape``
     (column ``x``, row ``y``, pixel centres at integers); the PSF model is
     evaluated at ``frame.to_parent(x, y)``, the positions in the frame the
-    model was built for (by default the array's own).
+    model was built for (by default the array's own).  With
+    ``derivatives``, ``need_d`` (per source) limits the derivative stamps
+    to the sources that use them (held forced positions do not); the
+    others' are zero (`StampGroup.with_d`), and `add_derivatives` renders
+    them later if needed.
     """
     frame = PixelFrame() if frame is None else frame
     ny, nx = shape
@@ -122,19 +132,61 @@ def render_scene(
         if idx.size == 0:
             continue
         xs, ys = x[idx], y[idx]
-        rendered = psf.render(*frame.to_parent(xs, ys), s, derivatives=derivatives)
-        if derivatives:
-            p, ddx, ddy = rendered
+        px, py = frame.to_parent(xs, ys)
+        with_d = None
+        if derivatives and need_d is not None and not need_d[idx].all():
+            with_d = np.asarray(need_d[idx], bool).copy()
+            p = np.empty((idx.size, s, s))
+            ddx, ddy = np.zeros((idx.size, s, s)), np.zeros((idx.size, s, s))
+            if with_d.any():
+                p[with_d], ddx[with_d], ddy[with_d] = psf.render(
+                    px[with_d], py[with_d], s, derivatives=True
+                )
+            p[~with_d] = psf.render(px[~with_d], py[~with_d], s)
+        elif derivatives:
+            p, ddx, ddy = psf.render(px, py, s, derivatives=True)
         else:
-            p, ddx, ddy = rendered, None, None
+            p, ddx, ddy = psf.render(px, py, s), None, None
         c = s // 2
         off = np.arange(s) - c
         iy = np.round(ys).astype(np.int64)[:, None, None] + off[None, :, None]
         ix = np.round(xs).astype(np.int64)[:, None, None] + off[None, None, :]
         inside = (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
         pix = np.where(inside, iy * nx + ix, -1)
-        groups.append(StampGroup(idx, s, pix, p, ddx, ddy))
+        groups.append(StampGroup(idx, s, pix, p, ddx, ddy, with_d))
     return groups
+
+
+def add_derivatives(
+    groups: list[StampGroup],
+    rows: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    psf: PixelPsf,
+    frame: PixelFrame | None = None,
+) -> list[StampGroup]:
+    """Groups of the sources ``rows`` (a per-source mask), with all their derivatives.
+
+    The sources whose derivatives `render_scene` left out (``need_d``)
+    get them rendered here; the others keep theirs.  The groups returned
+    hold only those sources (the same stamps, ``with_d`` all true).
+    """
+    frame = PixelFrame() if frame is None else frame
+    out = []
+    for g in groups:
+        sel = rows[g.index]
+        if g.dpsf_dx is None or not sel.any():
+            continue
+        ddx, ddy = g.dpsf_dx[sel], g.dpsf_dy[sel]
+        if g.with_d is not None:
+            missing = ~g.with_d[sel]
+            if missing.any():
+                i = g.index[sel][missing]
+                _, ddx[missing], ddy[missing] = psf.render(
+                    *frame.to_parent(x[i], y[i]), g.size, derivatives=True
+                )
+        out.append(StampGroup(g.index[sel], g.size, g.pix[sel], g.psf[sel], ddx, ddy))
+    return out
 
 
 def gather(image: np.ndarray, group: StampGroup) -> np.ndarray:
@@ -154,9 +206,15 @@ def scene_image(
     total = np.zeros(shape[0] * shape[1])
     for g in groups:
         stamps = flux[g.index, None, None] * g.psf
-        if gx is not None and g.dpsf_dx is not None:
+        if gx is not None and g.dpsf_dx is not None and g.with_d is None:
             stamps = (
                 stamps + gx[g.index, None, None] * g.dpsf_dx + gy[g.index, None, None] * g.dpsf_dy
+            )
+        elif gx is not None and g.dpsf_dx is not None and g.with_d.any():
+            # Only the stamps with derivatives (the others' are zero).
+            r, i = g.with_d, g.index[g.with_d]
+            stamps[r] = (
+                stamps[r] + gx[i, None, None] * g.dpsf_dx[r] + gy[i, None, None] * g.dpsf_dy[r]
             )
         v = g.valid
         total += np.bincount(g.pix[v], weights=stamps[v], minlength=total.size)
