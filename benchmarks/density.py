@@ -74,27 +74,13 @@ def free_row(cf, crb, work: Path, timeout: float, code: str, cs_python: str) -> 
         info = bl.run_engine(cf.npz, out, log_path=log, timeout=timeout)
     else:
         info = bl.run_crowdsource(cf.npz, out, python=cs_python, log_path=log, timeout=timeout)
-    row = {"code": code, "mode": "free", "timed_out": bool(info.get("timed_out"))}
-    if row["timed_out"]:
-        row["process_wall_seconds"] = info["process_wall_seconds"]
-        print(f"    stopped after {info['process_wall_seconds']:.0f} s", flush=True)
-        return row
-    sc = bl.score(bl.load_catalog(out), cf.field, crb)
-    row.update(
-        fit_seconds=info["fit_seconds"],
-        fit_cpu_seconds=info.get("fit_cpu_seconds_main"),
-        peak_rss_mib=info["peak_rss_mib"],
-        n_sources=info["n_sources"],
-        score={k: sc[k] for k in ("bins", "summary", "completeness_5_30", "crb_bins", "n_det")},
-        warnings=sorted(set(info.get("logged_warnings", [])))[:10],
-    )
-    print(
-        f"    {info['fit_seconds']:.1f} s, {info['n_sources']} sources, "
-        f"{info['peak_rss_mib']:.0f} MiB",
-        flush=True,
-    )
-    out.unlink(missing_ok=True)
-    return row
+    row = {"code": code, "mode": "free"}
+
+    def score(cat):
+        sc = bl.score(cat, cf.field, crb)
+        return {k: sc[k] for k in ("bins", "summary", "completeness_5_30", "crb_bins", "n_det")}
+
+    return _measured_row(row, info, out, score, "sources")
 
 
 def forced_row(cf, crb, snr_min: float, work: Path, timeout: float) -> dict:
@@ -114,8 +100,20 @@ def forced_row(cf, crb, snr_min: float, work: Path, timeout: float) -> dict:
         "mode": "forced",
         "forced_snr_min": snr_min,
         "n_forced": int(len(rows)),
-        "timed_out": bool(info.get("timed_out")),
     }
+
+    def score(cat):
+        return bl.score_forced(cat, cf.field, rows, crb)
+
+    return _measured_row(row, info, out, score, "rows")
+
+
+def _measured_row(row: dict, info: dict, out: Path, score, what: str) -> dict:
+    """``row`` with the run's figures (or its time-out) and ``score(catalogue)``.
+
+    The catalogue is deleted afterwards (it can be large).
+    """
+    row["timed_out"] = bool(info.get("timed_out"))
     if row["timed_out"]:
         row["process_wall_seconds"] = info["process_wall_seconds"]
         print(f"    stopped after {info['process_wall_seconds']:.0f} s", flush=True)
@@ -125,11 +123,11 @@ def forced_row(cf, crb, snr_min: float, work: Path, timeout: float) -> dict:
         fit_cpu_seconds=info.get("fit_cpu_seconds_main"),
         peak_rss_mib=info["peak_rss_mib"],
         n_sources=info["n_sources"],
-        score=bl.score_forced(bl.load_catalog(out), cf.field, rows, crb),
+        score=score(bl.load_catalog(out)),
         warnings=sorted(set(info.get("logged_warnings", [])))[:10],
     )
     print(
-        f"    {info['fit_seconds']:.1f} s, {info['n_sources']} rows, "
+        f"    {info['fit_seconds']:.1f} s, {info['n_sources']} {what}, "
         f"{info['peak_rss_mib']:.0f} MiB",
         flush=True,
     )
