@@ -143,7 +143,7 @@ def test_pad_rows_fills_by_dtype_except_the_given_values():
 
 def test_fit_tile_on_the_whole_image_is_fit_image_in_array_coordinates():
     f = simulate_field((80, 80), density=0.01, seed=2, psf="moffat", bad_columns=0)
-    params = FitParams(refit_psf=False, n_iter=2)
+    params = FitParams(refit_psf=False, n_iter=2, max_iter=2)
     res = fit_image(f.image, f.variance, psf=f.psf_stamp, params=params, xy0=(30, 40))
     data = ImageData.from_arrays(f.image, f.variance, xy0=(30, 40))
     tile = fit_tile(data.cutout((0, 0, 80, 80)), PixelPsf.from_stamp(f.psf_stamp), params)
@@ -200,3 +200,45 @@ def test_engine_imports_nothing_from_lsst_and_has_no_cycle():
 
     for m in sorted(local):
         visit(m, [])
+
+
+def _passes(history):
+    return [h for h in history if not h.get("final")]
+
+
+def test_more_passes_follow_the_rule_and_find_the_stars_crowding_hid():
+    # 160x160 at 0.1 stars/px (Moffat PSF given): four passes leave stars that
+    # only show once their neighbours are modelled (seeds 1-3: completeness at
+    # S/N 10-30 0.16 / 0.14 / 0.07 after four passes, 0.27 / 0.25 / 0.21 after
+    # the 9-10 the rule runs).
+    from lsst.meas.crowdsource.testing.evaluation import score_catalog
+
+    f = simulate_field((160, 160), density=0.1, seed=1, psf="moffat", bad_columns=0)
+    completeness, runs = {}, {}
+    for frac in (1.0, 0.01):
+        params = FitParams(more_pass_fraction=frac)
+        res = fit_image(f.image, f.variance, psf=f.psf_stamp, params=params)
+        c = res.columns
+        score = score_catalog(
+            c["x"], c["y"], c["flux"], c["flux_err"], f.truth, radius=1.0, snr_bins=(10, 30)
+        )
+        completeness[frac] = float(score["bins"]["completeness"][0])
+        runs[frac] = _passes(res.history)
+    assert len(runs[1.0]) == 4
+    passes = runs[0.01]
+    assert 4 < len(passes) <= 10
+    # Every pass after the fourth follows one that added more than 1% of its sources;
+    # the loop ends at max_iter or after a pass that did not.
+    for before in passes[3:-1]:
+        assert before["n_new"] > 0.01 * before["n_sources"]
+    last = passes[-1]
+    assert len(passes) == 10 or last["n_new"] <= 0.01 * last["n_sources"]
+    assert completeness[0.01] > 1.3 * completeness[1.0]
+
+
+def test_a_sparse_field_stops_after_n_iter_passes_once_nothing_new_is_found():
+    f = simulate_field((96, 96), density=0.003, seed=4, psf="moffat", bad_columns=0)
+    res = fit_image(f.image, f.variance, psf=f.psf_stamp, params=FitParams(max_iter=8))
+    passes = _passes(res.history)
+    assert 4 <= len(passes) < 8
+    assert passes[-1]["n_new"] <= 0.01 * passes[-1]["n_sources"]

@@ -22,7 +22,7 @@ from lsst.meas.crowdsource.testing.simulate import simulate_field
 PSF = PixelPsf.from_stamp(moffat_stamp(25, 3.5))
 
 
-def scene(shape, x, y, derivatives=True, size=13):
+def scene(shape, x, y, derivatives=True, size=13, derivative_size=None):
     return render_scene(
         np.asarray(x, float),
         np.asarray(y, float),
@@ -31,6 +31,7 @@ def scene(shape, x, y, derivatives=True, size=13):
         PSF,
         shape,
         derivatives,
+        derivative_size=derivative_size,
     )
 
 
@@ -70,8 +71,11 @@ def dense_solution(A, keys, data, weight, ridge):
 
 @pytest.mark.parametrize("derivatives", [True, False])
 @pytest.mark.parametrize("with_held", [False, True])
-def test_solve_matches_dense_reference(derivatives, with_held):
-    """Fluxes, derivative terms and sky terms equal a dense solve to rounding."""
+@pytest.mark.parametrize("derivative_size", [None, 7])
+def test_solve_matches_dense_reference(derivatives, with_held, derivative_size):
+    """Fluxes, derivative terms and sky terms equal a dense solve to rounding
+    (also with derivative stamps cut to a 7x7 core of the 13x13 stamps, whose
+    zeros `linear._design` leaves out of the sparse matrix)."""
     rng = np.random.default_rng(4)
     shape = (48, 56)
     n = 40
@@ -81,7 +85,7 @@ def test_solve_matches_dense_reference(derivatives, with_held):
     weight[30:36, 8:14] = 0.0  # a masked block
     weight[:, 40] = 0.0  # a bad column
     flux = rng.uniform(200, 5000, n)
-    groups = scene(shape, x, y, derivatives)
+    groups = scene(shape, x, y, derivatives, derivative_size=derivative_size)
     model = np.zeros(shape[0] * shape[1])
     for g in groups:
         inside = g.pix >= 0
@@ -121,6 +125,36 @@ def test_solve_matches_dense_reference(derivatives, with_held):
         assert np.isfinite(fit.block_inv).all()
     else:
         assert fit.gx is None
+
+
+def test_derivative_stamps_cut_to_their_core():
+    """``derivative_size``: the flux stamps are whole, the derivative stamps are
+    the core-sized render inside the central square and zero outside it, for
+    the sources that have derivatives."""
+    rng = np.random.default_rng(7)
+    shape = (60, 60)
+    x, y = rng.uniform(10, 50, 6), rng.uniform(10, 50, 6)
+    need = np.array([True, False, True, True, False, True])
+    full = render_scene(x, y, np.zeros(6, int), [21], PSF, shape, True, need_d=need)
+    cut = render_scene(
+        x, y, np.zeros(6, int), [21], PSF, shape, True, need_d=need, derivative_size=9
+    )
+    (f,), (c,) = full, cut
+    np.testing.assert_array_equal(c.psf, f.psf)
+    np.testing.assert_array_equal(c.pix, f.pix)
+    _, cdx, cdy = PSF.render(x[need], y[need], 9, derivatives=True)
+    core = (slice(None), slice(6, 15), slice(6, 15))
+    for got, want in ((c.dpsf_dx, cdx), (c.dpsf_dy, cdy)):
+        np.testing.assert_array_equal(got[need][core], want)
+        outside = got.copy()
+        outside[core] = 0.0
+        assert not outside.any()
+        assert not got[~need].any()
+    # Larger derivative sizes than the stamp keep the whole stamp.
+    (same,) = render_scene(x, y, np.zeros(6, int), [21], PSF, shape, True, derivative_size=31)
+    np.testing.assert_array_equal(
+        same.dpsf_dx, render_scene(x, y, np.zeros(6, int), [21], PSF, shape, True)[0].dpsf_dx
+    )
 
 
 def test_held_sources_without_derivative_stamps():

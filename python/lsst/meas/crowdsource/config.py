@@ -54,7 +54,24 @@ class CrowdsourceFitConfig(pexConfig.Config):
     nIter = pexConfig.Field[int](
         dtype=int,
         default=4,
-        doc="Number of find/fit/centroid/PSF passes before the final forced pass.",
+        doc="Least number of find/fit/centroid/PSF passes before the final forced pass.",
+    )
+    maxIter = pexConfig.Field[int](
+        dtype=int,
+        default=10,
+        doc=(
+            "Most passes: after n_iter, another pass follows while the last one added more "
+            "than more_pass_fraction of the sources (crowded fields keep revealing stars as "
+            "their neighbours are modelled)."
+        ),
+    )
+    morePassFraction = pexConfig.Field[float](
+        dtype=float,
+        default=0.01,
+        doc=(
+            "A pass after the n_iter-th is run when the pass before added more than this "
+            "fraction of the sources it ended with (1: never)."
+        ),
     )
     nCoarseSky = pexConfig.Field[int](
         dtype=int,
@@ -201,6 +218,15 @@ class CrowdsourceFitConfig(pexConfig.Config):
         doc=(
             "A source gets the smallest stamp whose edge PSF value times its flux is below "
             "this fraction of the pixel noise."
+        ),
+    )
+    derivativeStampSize = pexConfig.Field[int](
+        dtype=int,
+        default=0,
+        doc=(
+            "Size (odd) of the central square of a stamp on which the position derivatives "
+            "are fit; larger stamps fit the flux only beyond it (0: the core stamp size, "
+            "~2.5 FWHM in radius)."
         ),
     )
     solver = pexConfig.Field[str](
@@ -451,6 +477,8 @@ class CrowdsourceFitConfig(pexConfig.Config):
         """
         return FitParams(
             n_iter=self.nIter,
+            max_iter=self.maxIter,
+            more_pass_fraction=self.morePassFraction,
             n_coarse_sky=self.nCoarseSky,
             sky_box=self.skyBox,
             sky_smooth=self.skySmooth,
@@ -472,6 +500,7 @@ class CrowdsourceFitConfig(pexConfig.Config):
             first_pass_separation=self.firstPassSeparation,
             stamp_sizes=tuple(self.stampSizes),
             stamp_noise_fraction=self.stampNoiseFraction,
+            derivative_stamp_size=self.derivativeStampSize,
             solver=self.solver,
             cg_rtol=self.cgRtol,
             cg_maxiter=self.cgMaxiter,

@@ -223,6 +223,8 @@ def history_metadata(metadata, result: FitResult) -> None:
     metadata["sourcesPerPass"] = [int(h["n_sources"]) for h in passes]
     metadata["newPeaksPerPass"] = [int(h["n_new"]) for h in passes]
     metadata["secondsPerPass"] = [float(h["seconds"]) for h in passes]
+    tiles = [int(h.get("tile", 0)) for h in passes]
+    metadata["passesPerTile"] = [tiles.count(t) for t in sorted(set(tiles))]
     metadata["sourceCapReached"] = any(h.get("capped", False) for h in passes)
     defects = result.defects
     metadata["nPlateaus"] = defects.n_plateaus if defects else 0

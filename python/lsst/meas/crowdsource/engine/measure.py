@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .image import PixelFrame
+from .nanstats import nanmedian_rows
 from .psf import PixelPsf
 from .scene import StampGroup, gather, render_scene
 
@@ -172,11 +173,7 @@ def _median_loss(st: _Stamps) -> np.ndarray:
     """
     P, D, good, dot = st.P, st.D, st.good, st.dot
     n = len(P)
-    med = (
-        np.nanmedian(np.where(good, D, np.nan).reshape(n, -1), axis=1)
-        if good.any()
-        else np.zeros(n)
-    )
+    med = nanmedian_rows(np.where(good, D, np.nan).reshape(n, -1)) if good.any() else np.zeros(n)
     with np.errstate(invalid="ignore", divide="ignore"):
         f_all = dot(P, D) / dot(P, P)
         f_med = dot(P, D - np.nan_to_num(med)[:, None, None]) / dot(P, P)

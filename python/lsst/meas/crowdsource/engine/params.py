@@ -55,7 +55,24 @@ class FitParams:
     # --- main loop
     n_iter: int = field(
         default=4,
-        metadata={"doc": "Number of find/fit/centroid/PSF passes before the final forced pass."},
+        metadata={
+            "doc": "Least number of find/fit/centroid/PSF passes before the final forced pass."
+        },
+    )
+    max_iter: int = field(
+        default=10,
+        metadata={
+            "doc": "Most passes: after n_iter, another pass follows while the last one "
+            "added more than more_pass_fraction of the sources (crowded fields keep "
+            "revealing stars as their neighbours are modelled)."
+        },
+    )
+    more_pass_fraction: float = field(
+        default=0.01,
+        metadata={
+            "doc": "A pass after the n_iter-th is run when the pass before added more than "
+            "this fraction of the sources it ended with (1: never)."
+        },
     )
     n_coarse_sky: int = field(
         default=1,
@@ -186,6 +203,14 @@ class FitParams:
         metadata={
             "doc": "A source gets the smallest stamp whose edge PSF value times its flux is "
             "below this fraction of the pixel noise."
+        },
+    )
+    derivative_stamp_size: int = field(
+        default=0,
+        metadata={
+            "doc": "Size (odd) of the central square of a stamp on which the position "
+            "derivatives are fit; larger stamps fit the flux only beyond it (0: the core "
+            "stamp size, ~2.5 FWHM in radius)."
         },
     )
     solver: str = field(
@@ -405,6 +430,10 @@ class FitParams:
 
         if self.n_iter < 1:
             bad("n_iter", "n_iter must be >= 1")
+        if self.max_iter < self.n_iter:
+            bad("max_iter", "max_iter must be >= n_iter")
+        if not self.more_pass_fraction >= 0:
+            bad("more_pass_fraction", "more_pass_fraction must be >= 0")
         if self.threshold <= 0:
             bad("threshold", "threshold must be positive")
         if not 0 < self.bright_factor <= 1:
@@ -425,6 +454,13 @@ class FitParams:
         for s in self.stamp_sizes:
             if s != 0 and (s < 3 or s % 2 == 0):
                 bad("stamp_sizes", f"stamp size {s} must be 0 or an odd number >= 3")
+        if self.derivative_stamp_size != 0 and (
+            self.derivative_stamp_size < 3 or self.derivative_stamp_size % 2 == 0
+        ):
+            bad(
+                "derivative_stamp_size",
+                "derivative_stamp_size must be 0 or an odd number >= 3",
+            )
         if len(self.stamp_sizes) == 0:
             bad("stamp_sizes", "stamp_sizes must not be empty")
         if self.psf_order < 0 or self.psf_order > 4:

@@ -28,6 +28,7 @@ from scipy import optimize
 
 from .image import PixelFrame
 from .interpolation import shift_stamps
+from .nanstats import nanmedian_rows
 from .params import FitParams
 from .psf import (
     PixelPsf,
@@ -521,6 +522,13 @@ class TilePsf:
         self.core = core_size(params.psf_core_size, fwhm, self.model.size)
         self.sized_for = fwhm
 
+    def derivative_size(self, params: FitParams) -> int:
+        """Size of the central square of a stamp that carries position derivatives
+        (``derivative_stamp_size``; 0: the core stamp size, ``sizes[1]``)."""
+        if params.derivative_stamp_size > 0:
+            return int(params.derivative_stamp_size)
+        return self.sizes[1] if len(self.sizes) > 1 else self.sizes[0]
+
     def kernel(self) -> np.ndarray:
         """The matched filter's PSF stamp: at the model centre, the second stamp size."""
         size = self.sizes[1] if len(self.sizes) > 1 else self.sizes[0]
@@ -765,6 +773,4 @@ def local_sky(
     iyc, ixc = np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)
     usable = inside & (weight[iyc, ixc] > 0)
     vals = np.where(usable, resid[iyc, ixc] + flux[:, None] * own[None], np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # stars with no usable ring
-        return np.nan_to_num(np.nanmedian(vals, axis=1))
+    return np.nan_to_num(nanmedian_rows(vals))

@@ -45,6 +45,9 @@ class StampGroup:
     with_d : `numpy.ndarray` [`bool`] or `None`
         Which stamps have their derivatives rendered (`None`: all of them,
         when there are derivatives); the others' are zero.
+    d_size : `int` or `None`
+        The derivatives are zero outside the central ``d_size`` square of
+        the stamp (`None`: the whole stamp).
     """
 
     index: np.ndarray
@@ -54,10 +57,17 @@ class StampGroup:
     dpsf_dx: np.ndarray | None = None
     dpsf_dy: np.ndarray | None = None
     with_d: np.ndarray | None = None
+    d_size: int | None = None
 
     @property
     def valid(self) -> np.ndarray:
         return self.pix >= 0
+
+    def core(self) -> tuple[slice, slice, slice]:
+        """Index of the derivatives' square in a ``(n, size, size)`` array."""
+        d = self.size if self.d_size is None else self.d_size
+        lo = (self.size - d) // 2
+        return slice(None), slice(lo, lo + d), slice(lo, lo + d)
 
 
 def resolve_stamp_sizes(requested: tuple[int, ...], fwhm: float) -> list[int]:
@@ -112,6 +122,7 @@ def render_scene(
     derivatives: bool,
     frame: PixelFrame | None = None,
     need_d: np.ndarray | None = None,
+    derivative_size: int | None = None,
 ) -> list[StampGroup]:
     """Render the PSF of every source, grouped by stamp size.
 
@@ -122,7 +133,9 @@ def render_scene(
     ``derivatives``, ``need_d`` (per source) limits the derivative stamps
     to the sources that use them (held forced positions do not); the
     others' are zero (`StampGroup.with_d`), and `add_derivatives` renders
-    them later if needed.
+    them later if needed.  ``derivative_size`` (odd) limits the derivative
+    stamps of larger stamps to their central ``derivative_size`` square
+    (zero outside; `None`: the whole stamp).
     """
     frame = PixelFrame() if frame is None else frame
     ny, nx = shape
@@ -136,15 +149,8 @@ def render_scene(
         with_d = None
         if derivatives and need_d is not None and not need_d[idx].all():
             with_d = np.asarray(need_d[idx], bool).copy()
-            p = np.empty((idx.size, s, s))
-            ddx, ddy = np.zeros((idx.size, s, s)), np.zeros((idx.size, s, s))
-            if with_d.any():
-                p[with_d], ddx[with_d], ddy[with_d] = psf.render(
-                    px[with_d], py[with_d], s, derivatives=True
-                )
-            p[~with_d] = psf.render(px[~with_d], py[~with_d], s)
-        elif derivatives:
-            p, ddx, ddy = psf.render(px, py, s, derivatives=True)
+        if derivatives:
+            p, ddx, ddy = _render_with_derivatives(psf, px, py, s, derivative_size, with_d)
         else:
             p, ddx, ddy = psf.render(px, py, s), None, None
         c = s // 2
@@ -153,8 +159,45 @@ def render_scene(
         ix = np.round(xs).astype(np.int64)[:, None, None] + off[None, None, :]
         inside = (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
         pix = np.where(inside, iy * nx + ix, -1)
-        groups.append(StampGroup(idx, s, pix, p, ddx, ddy, with_d))
+        d_size = None
+        if derivatives and derivative_size is not None and derivative_size < s:
+            d_size = int(derivative_size)
+        groups.append(StampGroup(idx, s, pix, p, ddx, ddy, with_d, d_size))
     return groups
+
+
+def _render_with_derivatives(
+    psf: PixelPsf,
+    px: np.ndarray,
+    py: np.ndarray,
+    size: int,
+    derivative_size: int | None,
+    with_d: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stamps of ``size`` and their derivatives (only where ``with_d``; zero
+    outside the central ``derivative_size`` square)."""
+    n = len(px)
+    d = size if derivative_size is None else min(int(derivative_size), size)
+    rows = np.ones(n, bool) if with_d is None else with_d
+    if d == size and rows.all():
+        return psf.render(px, py, size, derivatives=True)
+    p = np.empty((n, size, size))
+    ddx, ddy = np.zeros((n, size, size)), np.zeros((n, size, size))
+    lo = (size - d) // 2
+    core = (slice(None), slice(lo, lo + d), slice(lo, lo + d))
+    if d == size:
+        if rows.any():
+            p[rows], ddx[rows], ddy[rows] = psf.render(px[rows], py[rows], size, derivatives=True)
+        if not rows.all():
+            p[~rows] = psf.render(px[~rows], py[~rows], size)
+        return p, ddx, ddy
+    p[:] = psf.render(px, py, size)
+    if rows.any():
+        _, cdx, cdy = psf.render(px[rows], py[rows], d, derivatives=True)
+        ddx_r, ddy_r = np.zeros((cdx.shape[0], size, size)), np.zeros((cdx.shape[0], size, size))
+        ddx_r[core], ddy_r[core] = cdx, cdy
+        ddx[rows], ddy[rows] = ddx_r, ddy_r
+    return p, ddx, ddy
 
 
 def add_derivatives(
@@ -182,10 +225,12 @@ def add_derivatives(
             missing = ~g.with_d[sel]
             if missing.any():
                 i = g.index[sel][missing]
-                _, ddx[missing], ddy[missing] = psf.render(
-                    *frame.to_parent(x[i], y[i]), g.size, derivatives=True
+                _, ddx[missing], ddy[missing] = _render_with_derivatives(
+                    psf, *frame.to_parent(x[i], y[i]), g.size, g.d_size, None
                 )
-        out.append(StampGroup(g.index[sel], g.size, g.pix[sel], g.psf[sel], ddx, ddy))
+        out.append(
+            StampGroup(g.index[sel], g.size, g.pix[sel], g.psf[sel], ddx, ddy, None, g.d_size)
+        )
     return out
 
 

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from scipy import ndimage
 from scipy.sparse.linalg import cg, splu
 
+from .nanstats import nanmedian_rows
 from .params import FitParams
 from .psf import PixelPsf
 from .scene import StampGroup, scene_image, wing_image
@@ -73,7 +74,7 @@ def boxed_sky(resid: np.ndarray, good: np.ndarray, box: int, smooth: int = 3) ->
     with np.errstate(all="ignore"):
         grid = np.where(
             count >= max(3, box * box // 10),
-            np.nanmedian(np.where(count[..., None] > 0, blocks, 0.0), axis=2),
+            nanmedian_rows(np.where(count[..., None] > 0, blocks, 0.0)),
             np.nan,
         )
     if np.all(np.isnan(grid)):
