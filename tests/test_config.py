@@ -166,7 +166,7 @@ def test_default_config_is_valid():
         ("minSeparation", -1.0, "min_separation must be >= 0"),
         ("forcedMinQf", 1.5, r"forced_min_qf must be in \[0, 1\]"),
         ("stampSizes", [0, 0, 40], "stamp size 40 must be 0 or an odd number"),
-        ("solver", "lu", "solver must be 'direct' or 'cg'"),
+        ("solver", "lu", "solver must be 'direct', 'superlu' or 'cg'"),
         ("skyMethod", "mesh", "sky_method must be 'boxed', 'spline' or 'adaptive'"),
         ("skySplineSpacing", 2.0, "sky_spline_spacing must be at least 3"),
         ("tileSize", 32, "tile_size must be at least 64"),

@@ -233,8 +233,9 @@ class CrowdsourceFitConfig(pexConfig.Config):
         dtype=str,
         default="direct",
         doc=(
-            'Solver of the normal equations: "direct" (sparse LU; conjugate gradients if '
-            'singular) or "cg" (block-preconditioned conjugate gradients).'
+            'Solver of the normal equations: "direct" (sparse Cholesky by CHOLMOD when '
+            'cvxopt is installed, else SuperLU; conjugate gradients if singular), "superlu" '
+            '(always SuperLU) or "cg" (block-preconditioned conjugate gradients).'
         ),
     )
     cgRtol = pexConfig.Field[float](

@@ -363,6 +363,7 @@ class TileState:
             sol.resid,
             self.weight,
             s.model,
+            full=False,
         )
         sx = np.clip(np.nan_to_num(sol.meas.shift_x), -p.max_shift, p.max_shift)
         sy = np.clip(np.nan_to_num(sol.meas.shift_y), -p.max_shift, p.max_shift)

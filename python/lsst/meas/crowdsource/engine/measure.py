@@ -128,9 +128,13 @@ class _Stamps:
 
     def fit(self, basis: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Weighted least squares of ``D`` on ``basis``: solutions and inverse normal matrices."""
-        dot = self.dot
-        mat = np.stack([np.stack([dot(a, b) for b in basis], -1) for a in basis], -2)
-        rhs = np.stack([dot(a, self.D) for a in basis], -1)
+        k = len(basis)
+        weighted = [a * self.W for a in basis]
+        mat = np.empty((len(self.D), k, k))
+        for i in range(k):
+            for j in range(i, k):
+                mat[:, i, j] = mat[:, j, i] = np.einsum("nab,nab->n", weighted[i], basis[j])
+        rhs = np.stack([np.einsum("nab,nab->n", w, self.D) for w in weighted], -1)
         return _solve_small(mat, rhs)
 
 
@@ -200,6 +204,7 @@ def measure_sources(
     weight: np.ndarray,
     model: np.ndarray,
     broad_groups: list[StampGroup] | None = None,
+    full: bool = True,
 ) -> StampMeasurements:
     """Measure every source on its neighbour-subtracted stamp.
 
@@ -219,6 +224,10 @@ def measure_sources(
         Model of all sources (no sky).
     broad_groups : `list` [`StampGroup`], optional
         Stamps of the PSF broadened for ``spread_model`` (same grouping).
+    full : `bool`
+        Everything; otherwise only what the passes use (the position step,
+        ``qf``, ``rchi2``, ``fracflux``, ``flux_iso``, ``median_loss``; the
+        rest stays NaN).
     """
     out = StampMeasurements.allocate(n_src)
     for gi, g in enumerate(groups):
@@ -230,8 +239,10 @@ def measure_sources(
         out.flux_iso[i] = flux_iso
         if shift_x is not None:
             out.shift_x[i], out.shift_y[i] = shift_x, shift_y
-        out.flux_lbs[i], out.flux_lbs_err[i] = _local_background_flux(st)
         out.median_loss[i] = _median_loss(st)
+        if not full:
+            continue
+        out.flux_lbs[i], out.flux_lbs_err[i] = _local_background_flux(st)
         out.flux_alone[i] = _flux_alone(st)
         out.fwhm[i] = source_fwhm(st.P, st.D, st.good)
         if broad_groups is not None:

@@ -216,8 +216,9 @@ class FitParams:
     solver: str = field(
         default="direct",
         metadata={
-            "doc": 'Solver of the normal equations: "direct" (sparse LU; conjugate '
-            'gradients if singular) or "cg" (block-preconditioned conjugate '
+            "doc": 'Solver of the normal equations: "direct" (sparse Cholesky by CHOLMOD '
+            "when cvxopt is installed, else SuperLU; conjugate gradients if singular), "
+            '"superlu" (always SuperLU) or "cg" (block-preconditioned conjugate '
             "gradients)."
         },
     )
@@ -471,8 +472,8 @@ class FitParams:
             bad("tile_size", "tile_size must be at least 64")
         if self.tile_overlap < 0:
             bad("tile_overlap", "tile_overlap must be >= 0")
-        if self.solver not in ("direct", "cg"):
-            bad("solver", f"solver must be 'direct' or 'cg', not {self.solver!r}")
+        if self.solver not in ("direct", "superlu", "cg"):
+            bad("solver", f"solver must be 'direct', 'superlu' or 'cg', not {self.solver!r}")
         if self.n_processes < 1:
             bad("n_processes", "n_processes must be >= 1")
         if self.max_shift <= 0:
