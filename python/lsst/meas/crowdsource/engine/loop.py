@@ -294,24 +294,10 @@ class TileState:
         """Fit every flux and position derivative at once; update the model."""
         p, s, src, psf = self.params, self.scene, self.sources, self.psf
         self.solution = None  # the last pass's stamps are not needed any more
-        size_idx = choose_stamp_sizes(
-            src.flux, psf.model, psf.sizes, self.noise, p.stamp_noise_fraction
-        )
         # Held forced positions need no derivative columns (issue 16: they made
         # up most of the normal matrix of a crowded forced scene), nor stamps.
         held = self._held()
-        groups = render_scene(
-            src.x,
-            src.y,
-            size_idx,
-            psf.sizes,
-            psf.model,
-            self.shape,
-            True,
-            self.frame,
-            need_d=None if held is None else ~held,
-            derivative_size=psf.derivative_size(p),
-        )
+        size_idx, groups = self._render(None if held is None else ~held)
         lin = solve_scene(
             groups,
             len(src),
@@ -343,6 +329,27 @@ class TileState:
             s.model, s.wings, src, groups, size_idx, psf.sizes, psf.model, self.shape
         )
         self.solution = _Solution(size_idx, groups, lin)
+
+    def _render(self, need_d: np.ndarray | None = None) -> tuple[np.ndarray, list[StampGroup]]:
+        """Every source's stamp size and its stamps with position derivatives
+        (only for ``need_d``, if given; on the core square, `TilePsf.derivative_size`)."""
+        p, src, psf = self.params, self.sources, self.psf
+        size_idx = choose_stamp_sizes(
+            src.flux, psf.model, psf.sizes, self.noise, p.stamp_noise_fraction
+        )
+        groups = render_scene(
+            src.x,
+            src.y,
+            size_idx,
+            psf.sizes,
+            psf.model,
+            self.shape,
+            True,
+            self.frame,
+            need_d=need_d,
+            derivative_size=psf.derivative_size(p),
+        )
+        return size_idx, groups
 
     def recentre(self) -> tuple[np.ndarray, np.ndarray]:
         """Measure every source on its neighbour-subtracted stamp; return the position steps.
@@ -604,20 +611,7 @@ class TileState:
         """Fluxes (and position errors) at fixed positions, and the measurements."""
         p, s, src, psf = self.params, self.scene, self.sources, self.psf
         n, shape, frame = len(src), self.shape, self.frame
-        size_idx = choose_stamp_sizes(
-            src.flux, psf.model, psf.sizes, self.noise, p.stamp_noise_fraction
-        )
-        groups = render_scene(
-            src.x,
-            src.y,
-            size_idx,
-            psf.sizes,
-            psf.model,
-            shape,
-            True,
-            frame,
-            derivative_size=psf.derivative_size(p),
-        )
+        size_idx, groups = self._render()
         fit = dict(sky_basis=self.sky_basis, rtol=p.cg_rtol, maxiter=p.cg_maxiter, solver=p.solver)
         data = self.image - s.sky - s.wings
         held = src.forced if self.refine_forced == 0 else None
