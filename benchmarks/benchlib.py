@@ -81,15 +81,23 @@ def output_dir(out_dir: Path | None, cache_dir: Path, quick: bool) -> Path:
     return (cache_dir / "quick") if quick else RESULTS
 
 
-def field_key(size: int, density: float, seed: int) -> str:
-    return f"n{size}_d{density:g}_s{seed}_galsim_sat{SATURATION:g}_bad1"
+def field_key(size: int, density: float, seed: int, king=None) -> str:
+    tail = "" if king is None else "_king" + "-".join(f"{v:g}" for v in king)
+    return f"n{size}_d{density:g}_s{seed}_galsim_sat{SATURATION:g}_bad1{tail}"
 
 
 def simulated_field(
-    size: int, density: float, seed: int, cache_dir: Path = DEFAULT_CACHE, verbose: bool = True
+    size: int,
+    density: float,
+    seed: int,
+    cache_dir: Path = DEFAULT_CACHE,
+    verbose: bool = True,
+    king: tuple[float, float, float] | None = None,
 ) -> CachedField:
     """The benchmark field of one size: galsim PSF (varying, with coma), sky
-    gradient, saturated stars with bleed trails, one bad column.
+    gradient, saturated stars with bleed trails, one bad column (``king``: a
+    King-profile cluster, ``density`` at its centre, `simulate_field`'s
+    ``king``).
 
     The field is pickled and the planes the fits need are written to an npz
     (``image``, ``variance``, ``mask``, ``psf`` = the true PSF at the field
@@ -100,7 +108,7 @@ def simulated_field(
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = field_key(size, density, seed)
+    key = field_key(size, density, seed, king)
     pkl = cache_dir / f"field_{key}.pkl"
     npz = cache_dir / f"field_{key}.npz"
     t0 = time.perf_counter()
@@ -111,7 +119,13 @@ def simulated_field(
             print(f"[sim] loaded cached {key}", flush=True)
         return CachedField(fld, npz, key, float("nan"))
     fld = simulate_field(
-        (size, size), density=density, seed=seed, psf="galsim", saturation=SATURATION, bad_columns=1
+        (size, size),
+        density=density,
+        seed=seed,
+        psf="galsim",
+        saturation=SATURATION,
+        bad_columns=1,
+        king=king,
     )
     dt = time.perf_counter() - t0
     ny, nx = fld.shape

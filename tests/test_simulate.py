@@ -408,3 +408,31 @@ def test_crowded_crb_local_matches_exact():
     # Crowding only ever increases the bound.
     assert np.all(exact["sigma_flux"] >= exact["sigma_flux_fixed"] * (1 - 1e-9))
     assert np.median(exact["sigma_flux"] / exact["sigma_flux_fixed"]) > 1.0
+
+
+def test_king_profile_density_falls_from_the_core_to_the_floor():
+    """``king``: star counts in annuli follow the profile (Poisson), from ``density``
+    at the centre to ``floor`` beyond the tidal radius."""
+    from lsst.meas.crowdsource.testing.simulate import king_fraction
+
+    shape, rc, rt, floor, central = (300, 300), 20.0, 120.0, 0.005, 0.2
+    f = simulate_field(
+        shape, density=central, seed=2, psf="gaussian", king=(rc, rt, floor), bad_columns=0
+    )
+    t = f.truth
+    r = np.hypot(np.asarray(t["x"]) - 149.5, np.asarray(t["y"]) - 149.5)
+    for lo, hi in ((0, 10), (20, 40), (60, 100), (125, 145)):
+        n = int(((r >= lo) & (r < hi)).sum())
+        # Expected count: the profile integrated over the annulus.
+        rr = np.linspace(lo, hi, 400)
+        expected = np.trapezoid(
+            central * king_fraction(rr, 0 * rr, central, rc, rt, floor) * 2 * np.pi * rr, rr
+        )
+        assert abs(n - expected) < 4 * np.sqrt(expected) + 2, (lo, hi, n, expected)
+    assert king_fraction(np.array([0.0]), np.array([0.0]), central, rc, rt, floor)[0] == 1.0
+    assert (
+        king_fraction(np.array([130.0]), np.array([0.0]), central, rc, rt, floor)[0]
+        == floor / central
+    )
+    with pytest.raises(ValueError, match="core_radius < tidal_radius"):
+        simulate_field((50, 50), density=0.1, king=(30.0, 10.0, 0.0))

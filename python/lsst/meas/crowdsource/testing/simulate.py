@@ -64,6 +64,7 @@ __all__ = [
     "GridPSF",
     "SimulatedField",
     "simulate_field",
+    "king_fraction",
     "measure_fwhm",
     "snr_for_flux",
     "flux_for_snr",
@@ -1034,6 +1035,32 @@ def _as_stars(stars: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sx, sy, sf
 
 
+def king_fraction(
+    dx: np.ndarray,
+    dy: np.ndarray,
+    density: float,
+    core_radius: float,
+    tidal_radius: float,
+    floor: float = 0.0,
+) -> np.ndarray:
+    """Surface density over its central value ``density`` at offsets ``(dx, dy)``
+    from the centre of a King (1962) profile on a uniform ``floor``.
+
+    King's profile ``[(1 + r^2/r_c^2)^-1/2 - (1 + r_t^2/r_c^2)^-1/2]^2``,
+    scaled to ``density - floor`` at the centre and zero beyond the tidal
+    radius ``r_t``, plus ``floor``.
+    """
+    if not (core_radius > 0 and tidal_radius > core_radius and 0 <= floor <= density):
+        raise ValueError(
+            "king needs 0 < core_radius < tidal_radius and 0 <= floor <= density; got "
+            f"{core_radius}, {tidal_radius}, {floor} (density {density})"
+        )
+    r2 = (np.asarray(dx, float) ** 2 + np.asarray(dy, float) ** 2) / core_radius**2
+    edge = 1.0 / math.sqrt(1.0 + (tidal_radius / core_radius) ** 2)
+    shape = np.clip(1.0 / np.sqrt(1.0 + r2) - edge, 0.0, None) ** 2 / (1.0 - edge) ** 2
+    return (floor + (density - floor) * shape) / density
+
+
 def simulate_field(
     shape: tuple[int, int] = (512, 512),
     density: float = 0.02,
@@ -1064,6 +1091,7 @@ def simulate_field(
     oversampling: int = 5,
     lam_over_diam: float | None = None,
     background: np.ndarray | None = None,
+    king: tuple[float, float, float] | None = None,
 ) -> SimulatedField:
     """Simulate a crowded stellar field with truth.
 
@@ -1157,6 +1185,13 @@ def simulate_field(
         sky), a halo (`~lsst.meas.crowdsource.testing.backgrounds`).  It is
         part of the true ``sky``, of the variance and of the truth ``sky``
         and ``snr`` of each star.
+    king : `tuple` [`float`, `float`, `float`], optional
+        ``(core_radius, tidal_radius, floor)``: the random stars' surface
+        density follows a King (1962) profile centred on the image,
+        ``density`` at the centre falling to ``floor`` (stars per pixel, a
+        uniform field population) beyond the tidal radius (pixels), as in
+        a globular cluster seen against the Galactic field.  `None`: uniform
+        at ``density``.
 
     Returns
     -------
@@ -1274,6 +1309,12 @@ def simulate_field(
     n_rand = int(rng_stars.poisson(density * area)) if density > 0 else 0
     xs = rng_stars.uniform(x0 - 0.5 - edge_margin, x0 + nx - 0.5 + edge_margin, n_rand)
     ys = rng_stars.uniform(y0 - 0.5 - edge_margin, y0 + ny - 0.5 + edge_margin, n_rand)
+    if king is not None:
+        keep = rng_stars.uniform(0.0, 1.0, n_rand) < king_fraction(
+            xs - (x0 + (nx - 1) / 2), ys - (y0 + (ny - 1) / 2), density, *king
+        )
+        xs, ys = xs[keep], ys[keep]
+        n_rand = len(xs)
     u = rng_stars.uniform(0.0, 1.0, n_rand)
     if luminosity_slope == 0:
         fl = f_lo * (f_hi / f_lo) ** u
