@@ -65,9 +65,13 @@ class StampGroup:
 
     def core(self) -> tuple[slice, slice, slice]:
         """Index of the derivatives' square in a ``(n, size, size)`` array."""
-        d = self.size if self.d_size is None else self.d_size
-        lo = (self.size - d) // 2
-        return slice(None), slice(lo, lo + d), slice(lo, lo + d)
+        return _central_square(self.size, self.size if self.d_size is None else self.d_size)
+
+
+def _central_square(size: int, d: int) -> tuple[slice, slice, slice]:
+    """Index of the central ``d`` x ``d`` square of ``(n, size, size)`` stamps."""
+    lo = (size - d) // 2
+    return slice(None), slice(lo, lo + d), slice(lo, lo + d)
 
 
 def resolve_stamp_sizes(requested: tuple[int, ...], fwhm: float) -> list[int]:
@@ -183,8 +187,7 @@ def _render_with_derivatives(
         return psf.render(px, py, size, derivatives=True)
     p = np.empty((n, size, size))
     ddx, ddy = np.zeros((n, size, size)), np.zeros((n, size, size))
-    lo = (size - d) // 2
-    core = (slice(None), slice(lo, lo + d), slice(lo, lo + d))
+    core = _central_square(size, d)
     if d == size:
         if rows.any():
             p[rows], ddx[rows], ddy[rows] = psf.render(px[rows], py[rows], size, derivatives=True)
