@@ -142,6 +142,14 @@ class CrowdsourceFitConfig(pexConfig.Config):
         default=False,
         doc="Also fit a constant and linear sky gradient simultaneously with the stars.",
     )
+    forcedSkyCoverage = pexConfig.Field[float](
+        dtype=float,
+        default=0.5,
+        doc="With forced positions whose PSF cores (FWHM radius) cover at least this "
+        "fraction of a tile's usable pixels, the sky's constant and gradient are fit "
+        "simultaneously with the fluxes (as fit_sky_terms does): such a list can absorb a "
+        "sky offset into its fluxes (0: always; above 1: never).",
+    )
 
     # Peaks
     threshold = pexConfig.Field[float](
@@ -490,6 +498,7 @@ class CrowdsourceFitConfig(pexConfig.Config):
             sky_adaptive_threshold=self.skyAdaptiveThreshold,
             sky_clip=self.skyClip,
             fit_sky_terms=self.fitSkyTerms,
+            forced_sky_coverage=self.forcedSkyCoverage,
             threshold=self.threshold,
             bright_factor=self.brightFactor,
             local_background_factor=self.localBackgroundFactor,

@@ -135,6 +135,15 @@ class FitParams:
             "doc": "Also fit a constant and linear sky gradient simultaneously with the stars."
         },
     )
+    forced_sky_coverage: float = field(
+        default=0.5,
+        metadata={
+            "doc": "With forced positions whose PSF cores (FWHM radius) cover at least this "
+            "fraction of a tile's usable pixels, the sky's constant and gradient are fit "
+            "simultaneously with the fluxes (as fit_sky_terms does): such a list can absorb a "
+            "sky offset into its fluxes (0: always; above 1: never)."
+        },
+    )
 
     # --- peaks
     threshold: float = field(
