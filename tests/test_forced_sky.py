@@ -75,3 +75,36 @@ def test_forced_coverage_counts_discs():
     good[:, :25] = False
     assert forced_coverage(np.array([10.0]), np.array([10.0]), 3.0, good) == 0.0
     assert forced_coverage(np.array([]), np.array([]), 3.0, good) == 0.0
+
+
+def test_dense_forced_list_runs_the_least_passes():
+    """A dense forced list stops after ``n_iter`` passes: the sources found among its
+    targets keep churning (128², 0.2 stars/px, all S/N >= 2 forced: 100-220 new per
+    pass through all ten passes with ``forced_sky_coverage`` = 2, measured)."""
+    field = simulate_field(
+        (128, 128),
+        density=0.2,
+        seed=1,
+        psf="moffat",
+        fwhm=4.0,
+        psf_variation=0.0,
+        ellipticity=0.0,
+        saturation=None,
+        bad_columns=0,
+        edge_margin=0.0,
+        sky_gradient=(0.0, 0.0),
+    )
+    t = field.truth
+    sel = np.asarray(t["snr"]) >= 2
+    res = fit_image(
+        field.image,
+        field.variance,
+        psf=field.psf_at(64.0, 64.0, size=41),
+        forced_x=np.asarray(t["x"])[sel],
+        forced_y=np.asarray(t["y"])[sel],
+    )
+    new = [h["n_new"] for h in res.history[:-1]]
+    # The last passes still found more than more_pass_fraction of the sources
+    # (138-147 of ~3300), so the plain rule would have run another.
+    assert new[-1] > FitParams().more_pass_fraction * res.history[-2]["n_sources"]
+    assert len(res.history) - 1 == FitParams().n_iter
