@@ -14,12 +14,11 @@ from lsst.meas.crowdsource.engine.loop import forced_coverage
 from lsst.meas.crowdsource.testing.simulate import simulate_field
 
 
-@pytest.fixture(scope="module")
-def dense_field():
-    """128² at 0.1 stars/px, constant Moffat PSF (FWHM 4), flat sky, no defects."""
+def _flat_field(density: float):
+    """128² at ``density`` stars/px, constant Moffat PSF (FWHM 4), flat sky, no defects."""
     return simulate_field(
         (128, 128),
-        density=0.1,
+        density=density,
         seed=1,
         psf="moffat",
         fwhm=4.0,
@@ -30,6 +29,12 @@ def dense_field():
         edge_margin=0.0,
         sky_gradient=(0.0, 0.0),
     )
+
+
+@pytest.fixture(scope="module")
+def dense_field():
+    """The 0.1 stars/px field."""
+    return _flat_field(0.1)
 
 
 def _forced_pulls(field, coverage: float):
@@ -81,19 +86,7 @@ def test_dense_forced_list_runs_the_least_passes():
     """A dense forced list stops after ``n_iter`` passes: the sources found among its
     targets keep churning (128², 0.2 stars/px, all S/N >= 2 forced: 100-220 new per
     pass through all ten passes with ``forced_sky_coverage`` = 2, measured)."""
-    field = simulate_field(
-        (128, 128),
-        density=0.2,
-        seed=1,
-        psf="moffat",
-        fwhm=4.0,
-        psf_variation=0.0,
-        ellipticity=0.0,
-        saturation=None,
-        bad_columns=0,
-        edge_margin=0.0,
-        sky_gradient=(0.0, 0.0),
-    )
+    field = _flat_field(0.2)
     t = field.truth
     sel = np.asarray(t["snr"]) >= 2
     res = fit_image(

@@ -164,7 +164,6 @@ class TileState:
         self.noise = pixel_noise(self.weight)
         self.sky_basis = sky_basis(self.shape) if params.fit_sky_terms else None
         self.forced_coverage = 0.0  # share of the usable pixels in forced PSF cores
-        self.dense_forced = False  # forced_coverage >= forced_sky_coverage
         self.spline_sky: SplineSky | AdaptiveSky | None = None
         if params.sky_method == "spline":
             self.spline_sky = SplineSky(
@@ -223,7 +222,6 @@ class TileState:
         self.forced_coverage = forced_coverage(
             forced.x[fit_ok], forced.y[fit_ok], self.psf.fwhm, self.good
         )
-        self.dense_forced = self.forced_coverage >= self.params.forced_sky_coverage
         if self.sky_basis is None and self.dense_forced:
             # The boxed sky is a median of image - model, and forced targets
             # that cover the image absorb a sky offset into their fluxes before
@@ -233,6 +231,12 @@ class TileState:
             # +0.6 sigma high.  Fit jointly, the sky's constant and gradient
             # cannot drift (benchmarks/README.md, "Forced photometry and the sky").
             self.sky_basis = sky_basis(self.shape)
+
+    @property
+    def dense_forced(self) -> bool:
+        """Whether forced targets' PSF cores cover ``forced_sky_coverage`` of the tile."""
+        has_forced = bool(np.any(self.sources.forced))
+        return has_forced and self.forced_coverage >= self.params.forced_sky_coverage
 
     def measure_sky(self, coarse: bool) -> None:
         """Sky from the image minus the model of the sources it is measured under."""
