@@ -400,15 +400,25 @@ def isolated_snr(
     return flux * np.sqrt(np.sum(p * p / (v + own), axis=(1, 2)))
 
 
-def flux_for_snr(snr: float, stamp: np.ndarray, variance: float, gain: float) -> float:
-    """The flux whose `isolated_snr` is ``snr`` (fixed-point iteration, converges fast)."""
-    flux = snr / np.sqrt(np.sum(stamp * stamp) / variance)
+def flux_for_snr(snr, stamp: np.ndarray, variance, gain: float):
+    """The flux whose `isolated_snr` is ``snr`` (fixed-point iteration, converges fast).
+
+    ``snr`` a number with one ``stamp`` (S, S) and one ``variance``: a `float`;
+    ``snr`` an array with one stamp and one variance per star: an array.
+    """
+    scalar = np.ndim(snr) == 0
+    snr = np.atleast_1d(np.asarray(snr, float))
+    p = np.asarray(stamp, float)
+    p = np.broadcast_to(p, (len(snr),) + p.shape) if p.ndim == 2 else p
+    v = np.broadcast_to(np.asarray(variance, float), snr.shape)
+    flux = snr / np.sqrt(np.sum(p * p, axis=(1, 2)) / v)
     for _ in range(50):
-        new = flux * snr / float(isolated_snr(flux, stamp, variance, gain)[0])
-        if abs(new - flux) <= 1e-9 * flux:
-            break
+        new = flux * snr / isolated_snr(flux, p, v, gain)
+        done = np.all(np.abs(new - flux) <= 1e-9 * np.abs(flux))
         flux = new
-    return float(flux)
+        if done:
+            break
+    return float(flux[0]) if scalar else flux
 
 
 # --------------------------------------------------------------------------

@@ -89,6 +89,7 @@ DEFAULT_IMAGE_UNIT = "count"
 
 #: Output name -> engine column, for the ``crowdsource_*`` diagnostics (plain copies).
 _DIAGNOSTICS = {
+    "crowdsource_psfInstFluxErrStat": "flux_err_stat",
     "crowdsource_qf": "qf",
     "crowdsource_rchi2": "rchi2",
     "crowdsource_fracflux": "fracflux",

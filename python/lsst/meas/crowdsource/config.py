@@ -14,6 +14,7 @@ import lsst.pex.config as pexConfig
 from .catalog import PIXEL_FLAG_PLANES
 from .engine import FitParams
 from .engine.params import FitParamsError
+from .error_calibration import calibrate_flux_errors
 from .ids import CatalogIds, active, catalog_ids
 from .io.inputs import ExposureInputs
 
@@ -618,6 +619,28 @@ class CrowdsourceBaseConfig(pexConfig.Config):
         "images only when this is ImageF and lsst.afw can be imported, numpy arrays "
         "otherwise.",
     )
+    errorCalibrationStars = pexConfig.RangeField(
+        dtype=int,
+        default=0,
+        min=0,
+        doc="Artificial stars that calibrate the flux errors (0: off).  The image is fit "
+        "again with them added, in as many rounds as keep them errorCalibrationSeparation "
+        "apart, and psfInstFluxErr becomes the statistical error "
+        "(crowdsource_psfInstFluxErrStat) times the pull width they show at its S/N; "
+        "each round costs one more fit.  A few hundred stars suffice "
+        "(lsst.meas.crowdsource.error_calibration).",
+    )
+    errorCalibrationSeparation = pexConfig.RangeField(
+        dtype=float,
+        default=6.0,
+        min=1.0,
+        doc="Smallest distance between two of the error-calibration stars, in PSF FWHM.",
+    )
+    errorCalibrationSeed = pexConfig.Field(
+        dtype=int,
+        default=0,
+        doc="Seed of the error-calibration stars' positions, fluxes and photon noise.",
+    )
     idGenerator = active.DetectorVisitIdGeneratorConfig.make_field(
         doc="How source IDs are made from the data ID (visit, detector; release_id "
         "bits): lsst.meas.base's DetectorVisitIdGeneratorConfig where it can be imported, "
@@ -659,6 +682,29 @@ def engine_arguments(inputs: ExposureInputs, config: CrowdsourceBaseConfig) -> d
         params=config.fit.toParams(),
         xy0=inputs.xy0,
     )
+
+
+def calibrate_errors(config: CrowdsourceBaseConfig, result, image, fit_kwargs, metadata, log):
+    """Calibrate the flux errors of ``result`` with ``config.errorCalibrationStars`` stars.
+
+    ``fit_kwargs`` are the arguments the fit was run with; the calibration
+    (`~lsst.meas.crowdsource.error_calibration.ErrorCalibration`, `None` when
+    off) is returned and recorded in ``metadata``.
+    """
+    if config.errorCalibrationStars <= 0:
+        return None
+    cal = calibrate_flux_errors(
+        result,
+        image,
+        n_stars=config.errorCalibrationStars,
+        separation_fwhm=config.errorCalibrationSeparation,
+        seed=config.errorCalibrationSeed,
+        log=log,
+        **fit_kwargs,
+    )
+    for key, value in cal.as_metadata().items():
+        metadata[key] = value
+    return cal
 
 
 def check_before_fit(

@@ -23,7 +23,7 @@ import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
 from .catalog import build_table, forced_source_columns
-from .config import CrowdsourceBaseConfig, check_before_fit, engine_arguments
+from .config import CrowdsourceBaseConfig, calibrate_errors, check_before_fit, engine_arguments
 from .engine import InputError, fit_image
 from .errors import pipeline_errors
 from .io.exposure import exposure_inputs
@@ -445,15 +445,15 @@ class CrowdsourceForcedPhotometryTask(pipeBase.PipelineTask):
             "" if visit is None else f" (visit {visit}, detector {detector})",
             ", fit with every source found in the image" if self.config.findNewSources else "",
         )
-        result = fit_image(
-            inputs.image,
-            log=self.log,
+        fit_kwargs = dict(
             forced_x=fx[unique],
             forced_y=fy[unique],
             find_new=self.config.findNewSources,
             refine_forced=self.config.refinePositions,
             **engine_arguments(inputs, self.config),
         )
+        result = fit_image(inputs.image, log=self.log, **fit_kwargs)
+        calibrate_errors(self.config, result, inputs.image, fit_kwargs, self.metadata, self.log)
         cols = result.columns
         if not np.array_equal(cols["forced_index"][: unique.size], np.arange(unique.size)):
             raise RuntimeError("The engine did not return one row per forced position.")

@@ -16,7 +16,7 @@ import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
 from .catalog import build_table, source_columns
-from .config import CrowdsourceBaseConfig, check_before_fit, engine_arguments
+from .config import CrowdsourceBaseConfig, calibrate_errors, check_before_fit, engine_arguments
 from .engine import FitResult, fit_image
 from .engine.psf_io import psf_to_dict
 from .errors import pipeline_errors
@@ -182,7 +182,9 @@ class CrowdsourcePhotometryTask(pipeBase.PipelineTask):
             ny,
             "" if visit is None else f" (visit {visit}, detector {detector})",
         )
-        result = fit_image(image, log=self.log, **engine_arguments(inputs, self.config))
+        fit_kwargs = engine_arguments(inputs, self.config)
+        result = fit_image(image, log=self.log, **fit_kwargs)
+        calibrate_errors(self.config, result, image, fit_kwargs, self.metadata, self.log)
         columns = source_columns(inputs.unit)
         table = build_table(
             result,

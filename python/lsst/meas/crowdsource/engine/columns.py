@@ -25,8 +25,17 @@ ENGINE_COLUMNS: dict[str, tuple[str, str, str]] = {
     "flux_err": (
         "f8",
         "image",
-        "1-sigma flux uncertainty, including the covariance with "
-        "the fluxes of the direct neighbours.",
+        "1-sigma flux uncertainty: when the errors are calibrated (errorCalibrationStars > 0), "
+        "the statistical error times the factor artificial stars show at the source's S/N, "
+        "which takes in the crowding by stars not found and the PSF's error; else the "
+        "statistical error.",
+    ),
+    "flux_err_stat": (
+        "f8",
+        "image",
+        "Statistical 1-sigma flux uncertainty of the simultaneous fit, including the "
+        "covariance with the fluxes of the direct neighbours; it leaves out the sources "
+        "that were not found, and understates the scatter in crowded fields.",
     ),
     "sky": ("f8", "image", "Sky level per pixel at the source position."),
     "qf": ("f4", "", "PSF-weighted fraction of the source's pixels that are usable."),

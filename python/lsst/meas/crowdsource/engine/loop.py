@@ -684,6 +684,7 @@ class TileState:
             y_err=y_err,
             flux=flux,
             flux_err=flux_err,
+            flux_err_stat=flux_err.copy(),
             sky=pixel_values(self.scene.sky, src.x, src.y),
             qf=meas.qf,
             rchi2=meas.rchi2,
