@@ -332,6 +332,14 @@ class CrowdsourceFitConfig(pexConfig.Config):
             "the core; with fewer than 10 such stars a Moffat fit to the core extends it."
         ),
     )
+    psfKeepGivenWing = pexConfig.Field[bool](
+        dtype=bool,
+        default=True,
+        doc=(
+            "When a PSF is given, every refit keeps its wing beyond the refit core instead "
+            "of measuring one from the bright stars (or fitting a Moffat to the core)."
+        ),
+    )
     psfMaxStars = pexConfig.Field[int](
         dtype=int,
         default=2000,
@@ -527,6 +535,7 @@ class CrowdsourceFitConfig(pexConfig.Config):
             psf_min_snr=self.psfMinSnr,
             psf_snr_floor=self.psfSnrFloor,
             psf_wing_min_snr=self.psfWingMinSnr,
+            psf_keep_given_wing=self.psfKeepGivenWing,
             psf_max_stars=self.psfMaxStars,
             psf_min_stars=self.psfMinStars,
             psf_max_shift=self.psfMaxShift,

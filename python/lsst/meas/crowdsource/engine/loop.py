@@ -445,6 +445,7 @@ class TileState:
             psf.core,
             self.frame,
             self.psf_bbox,
+            psf.wing,
         )
         if new is None:
             return 0.0

@@ -299,6 +299,13 @@ class FitParams:
             "extends it."
         },
     )
+    psf_keep_given_wing: bool = field(
+        default=True,
+        metadata={
+            "doc": "When a PSF is given, every refit keeps its wing beyond the refit core "
+            "instead of measuring one from the bright stars (or fitting a Moffat to the core)."
+        },
+    )
     psf_max_stars: int = field(
         default=2000, metadata={"doc": "Use at most this many (the brightest) PSF stars."}
     )
