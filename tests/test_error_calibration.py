@@ -22,7 +22,7 @@ from lsst.meas.crowdsource.error_calibration import (
 )
 from lsst.meas.crowdsource.io.ccddata import make_ccddata
 from lsst.meas.crowdsource.matching import match_to_truth, robust_scatter
-from lsst.meas.crowdsource.testing.simulate import simulate_field
+from lsst.meas.crowdsource.testing.simulate import clean_field
 
 #: The calibration of the tests: many small rounds on a small image.
 N_STARS = 500
@@ -31,19 +31,7 @@ SEPARATION_FWHM = 4.0
 
 def _field(density: float, shape=(192, 192), seed: int = 3):
     """Constant Moffat PSF (FWHM 3.5), stars down to S/N 1.5, no defects."""
-    return simulate_field(
-        shape,
-        density=density,
-        seed=seed,
-        psf="moffat",
-        fwhm=3.5,
-        psf_variation=0.0,
-        ellipticity=0.0,
-        snr_min=1.5,
-        saturation=None,
-        bad_columns=0,
-        edge_margin=0.0,
-    )
+    return clean_field(shape, density, seed, snr_min=1.5)
 
 
 @pytest.fixture(scope="module")

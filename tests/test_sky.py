@@ -198,8 +198,8 @@ def scores():
 
 
 def test_adaptive_sky_follows_a_nebula_better_than_boxes(scores):
-    """Measured (boxed -> adaptive): sky rms 5.6 -> 3.8 sigma, completeness at S/N 10-30
-    0.32 -> 0.46, spurious 0.76 -> 0.77 (false detections on the nebula are issue 11's
+    """Measured (boxed -> adaptive): sky rms 5.9 -> 4.5 sigma, completeness at S/N 10-30
+    0.42 -> 0.53, spurious 0.81 -> 0.80 (false detections on the nebula are issue 11's
     open part).  Fails if the adaptive sky stops beating the boxed one or degrades."""
     boxed, adaptive = scores["nebula", "boxed"], scores["nebula", "adaptive"]
     assert adaptive["sky_rms"] < 0.8 * boxed["sky_rms"]
@@ -209,8 +209,25 @@ def test_adaptive_sky_follows_a_nebula_better_than_boxes(scores):
 
 
 def test_adaptive_sky_keeps_a_flat_field_as_it_was(scores):
-    """Measured: completeness 0.883 -> 0.869, spurious 0.150 -> 0.119, sky rms 0.21 -> 0.30."""
+    """Measured: completeness 0.876 -> 0.869, spurious 0.159 -> 0.117, sky rms 0.21 -> 0.29."""
     boxed, adaptive = scores["flat", "boxed"], scores["flat", "adaptive"]
     assert adaptive["completeness"] > boxed["completeness"] - 0.03
     assert adaptive["spurious"] < boxed["spurious"] + 0.02
     assert adaptive["sky_rms"] < 0.5
+
+
+def test_refit_psf_on_a_nebula_stays_right():
+    """The nebula field with the true PSF given, boxed sky: the PSF stars' sky errors must
+    not broaden the refit PSF (flux factor -- what it measures of a true star -- 1.058
+    with the clipped mean of the PSF stamps, 1.199 with their unweighted median, 0.999
+    with the weighted median; tests/test_psf_refit.py has the crowded cases)."""
+    from lsst.meas.crowdsource.engine import fit_image
+
+    field = _field("nebula")
+    true = field.psf_at(128.0, 128.0, size=59)
+    res = fit_image(field.image, field.variance, bad=field.mask != 0, psf=true,
+                    params=FitParams(sky_method="boxed"))  # fmt: skip
+    true = true / true.sum()
+    stamp = res.psf.stamp(128.0, 128.0, true.shape[0])
+    factor = float((true * stamp).sum() / (stamp * stamp).sum())
+    assert abs(factor - 1) < 0.02, factor

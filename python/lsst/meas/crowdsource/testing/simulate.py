@@ -64,6 +64,7 @@ __all__ = [
     "GridPSF",
     "SimulatedField",
     "simulate_field",
+    "clean_field",
     "king_fraction",
     "measure_fwhm",
     "snr_for_flux",
@@ -1463,6 +1464,28 @@ def simulate_field(
         saturation=None if saturation is None else float(saturation),
         meta=meta,
     )
+
+
+def clean_field(
+    shape: tuple[int, int],
+    density: float,
+    seed: int,
+    psf: str = "moffat",
+    fwhm: float = 3.5,
+    **kwargs,
+) -> SimulatedField:
+    """A field with nothing but stars: the same PSF everywhere (no variation, no
+    ellipticity; the simulator's default coma), no saturation, bad columns or stars beyond
+    the edges (`simulate_field`; ``kwargs`` override or add to those)."""
+    settings = dict(
+        psf_variation=0.0,
+        ellipticity=0.0,
+        saturation=None,
+        bad_columns=0,
+        edge_margin=0.0,
+    )
+    settings.update(kwargs)
+    return simulate_field(shape, density=density, seed=seed, psf=psf, fwhm=fwhm, **settings)
 
 
 def _bleed(image: np.ndarray, over: np.ndarray, saturation: float) -> None:
