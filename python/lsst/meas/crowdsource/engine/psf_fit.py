@@ -407,7 +407,7 @@ def _robust_polynomial_fit(
     neighbours: it broadened the core and made bright stars 0.7-2.4 % too
     bright on crowded fields (galsim PSF of FWHM 4 px given and refit,
     0.02-0.05 stars/px; median-centred, the bias over the Cramer-Rao bound
-    of S/N >= 30 stars fell by 40-70 % at 0.05 stars/px: benchmarks/README,
+    of S/N >= 30 stars fell by 37-60 % at 0.05 stars/px: benchmarks/README,
     "The PSF refit, centred on a weighted median").  The median must
     be weighted: with equal weights the faint PSF stars of a nebulous field
     (their sky errors large against their flux) broadened the PSF further
