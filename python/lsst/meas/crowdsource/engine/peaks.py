@@ -15,12 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, signal
+from scipy import fft as sp_fft
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from .params import FitParams
 
 __all__ = [
+    "Correlator",
     "MatchedFilter",
     "Peaks",
     "find_peaks",
@@ -30,8 +32,40 @@ __all__ = [
 ]
 
 
-def _correlate(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    return signal.oaconvolve(image, kernel[::-1, ::-1], mode="same")
+class Correlator:
+    """Correlations of arrays of one shape with kernels of one (odd) shape, by FFT.
+
+    Each array and each kernel is transformed once (`transform`,
+    `kernel_transform`) and the transforms are shared by every correlation
+    that uses them (`correlate`): a peak search correlates four arrays with
+    four kernels in six combinations.  On 1024x1024 with a 19x19 kernel a
+    correlation whose transforms are known costs one inverse transform, 10
+    ms, against 52 ms for `scipy.signal.oaconvolve` (which transforms both
+    inputs every time); the results agree to 1e-13 of the largest value.
+    """
+
+    def __init__(self, shape: tuple[int, int], kernel_shape: tuple[int, int]):
+        self.shape = tuple(int(n) for n in shape)
+        self.kernel_shape = tuple(int(k) for k in kernel_shape)
+        self.fshape = tuple(
+            sp_fft.next_fast_len(n + k - 1, real=True)
+            for n, k in zip(self.shape, self.kernel_shape)
+        )
+
+    def transform(self, array: np.ndarray) -> np.ndarray:
+        """The transform of an array of ``shape``."""
+        return sp_fft.rfft2(array, self.fshape)
+
+    def kernel_transform(self, kernel: np.ndarray) -> np.ndarray:
+        """The transform of a kernel of ``kernel_shape`` (flipped: `correlate` correlates)."""
+        return sp_fft.rfft2(kernel[::-1, ::-1], self.fshape)
+
+    def correlate(self, f_array: np.ndarray, f_kernel: np.ndarray) -> np.ndarray:
+        """``sum_k array[p + k] kernel[c + k]`` at every pixel ``p`` (``c``: the kernel's
+        centre; zero beyond the array's edges) from the two transforms."""
+        full = sp_fft.irfft2(f_array * f_kernel, self.fshape)
+        oy, ox = ((k - 1) // 2 for k in self.kernel_shape)
+        return full[oy : oy + self.shape[0], ox : ox + self.shape[1]]
 
 
 @dataclass
@@ -48,27 +82,58 @@ class MatchedFilter:
     coverage: np.ndarray | None
 
     @classmethod
+    def from_sums(
+        cls, numerator: np.ndarray, denominator: np.ndarray, coverage: np.ndarray | None = None
+    ) -> MatchedFilter:
+        """From ``numerator`` = (data * weight) correlated with the kernel and
+        ``denominator`` = weight correlated with its square."""
+        den = np.maximum(denominator, 1e-300)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sig = np.where(denominator > 0, numerator / np.sqrt(den), 0.0)
+            flux = np.where(denominator > 0, numerator / den, 0.0)
+        return cls(sig, flux, coverage)
+
+    @classmethod
     def compute(
         cls,
         data: np.ndarray,
         weight: np.ndarray,
         kernel: np.ndarray,
-        denominator: np.ndarray | None = None,
         with_coverage: bool = True,
     ) -> MatchedFilter:
-        k2 = kernel * kernel
-        if denominator is None:
-            denominator = _correlate(weight, k2)
-        den = np.maximum(denominator, 1e-300)
-        num = _correlate(data * weight, kernel)
+        """The matched filter of ``data`` (inverse variance ``weight``) with ``kernel``."""
+        bank = _FilterBank(weight, kernel)
+        return bank.matched(bank.fft.transform(data * weight), with_coverage)
+
+
+class _FilterBank:
+    """The transforms a peak search shares: the weight's, the PSF kernel's, its
+    square's, and those of the compensated kernel (`_stands_out`)."""
+
+    def __init__(self, weight: np.ndarray, kernel: np.ndarray):
+        self.weight = weight
+        self.kernel = kernel
+        self.fft = Correlator(weight.shape, kernel.shape)
+        self.f_weight = self.fft.transform(weight)
+        self.f_kernel = self.fft.kernel_transform(kernel)
+        self.f_kernel2 = self.fft.kernel_transform(kernel * kernel)
+        self.denominator = self.fft.correlate(self.f_weight, self.f_kernel2)
+
+    def matched(self, f_data_weight: np.ndarray, with_coverage: bool = False) -> MatchedFilter:
+        """The matched filter of the data whose (data * weight) transform is given."""
         coverage = None
         if with_coverage:
-            good = (weight > 0).astype(float)
-            coverage = _correlate(good, k2) / k2.sum()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sig = np.where(denominator > 0, num / np.sqrt(den), 0.0)
-            flux = np.where(denominator > 0, num / den, 0.0)
-        return cls(sig, flux, coverage)
+            good = self.fft.transform((self.weight > 0).astype(float))
+            coverage = self.fft.correlate(good, self.f_kernel2) / float((self.kernel**2).sum())
+        num = self.fft.correlate(f_data_weight, self.f_kernel)
+        return MatchedFilter.from_sums(num, self.denominator, coverage)
+
+    def compensated(self, f_data_weight: np.ndarray) -> np.ndarray:
+        """Significance in the matched filter of the zero-sum kernel (kernel - its mean)."""
+        comp = self.kernel - self.kernel.mean()
+        num = self.fft.correlate(f_data_weight, self.fft.kernel_transform(comp))
+        den = self.fft.correlate(self.f_weight, self.fft.kernel_transform(comp * comp))
+        return MatchedFilter.from_sums(num, den).significance
 
 
 @dataclass
@@ -207,9 +272,9 @@ def find_peaks(
         Where no new source may be added (`saturated_wings`; computed from
         ``saturated`` when not given).
     """
-    k2 = kernel * kernel
-    denominator = _correlate(weight, k2)
-    mf = MatchedFilter.compute(resid, weight, kernel, denominator)
+    bank = _FilterBank(weight, kernel)
+    f_resid = bank.fft.transform(resid * weight)
+    mf = bank.matched(f_resid, with_coverage=True)
     sig = mf.significance
     thr = params.threshold
     pix_sn = resid * np.sqrt(weight)
@@ -237,7 +302,7 @@ def find_peaks(
             wings_of_saturated = saturated_wings(saturated, params.saturated_exclusion * fwhm)
         cand &= ~wings_of_saturated
     cand &= mf.coverage > 0.3
-    cand &= _stands_out(resid, weight, model, kernel, denominator, mf, pix_sn, params)
+    cand &= _stands_out(bank, f_resid, model, mf, pix_sn, params)
 
     iy, ix = np.nonzero(cand)
     if iy.size == 0:
@@ -270,11 +335,9 @@ def _one_per_tie(is_max: np.ndarray) -> np.ndarray:
 
 
 def _stands_out(
-    resid: np.ndarray,
-    weight: np.ndarray,
+    bank: _FilterBank,
+    f_resid: np.ndarray,
     model: np.ndarray,
-    kernel: np.ndarray,
-    denominator: np.ndarray,
     mf: MatchedFilter,
     pix_sn: np.ndarray,
     params: FitParams,
@@ -284,7 +347,7 @@ def _stands_out(
     Against the residuals of the sources already modelled (significance,
     matched-filter flux and pixel S/N compared with the model's), and in a
     matched filter with a local background (a compensated kernel).  `True`
-    when every test is off.
+    when every test is off.  ``f_resid``: the transform of residual * weight.
     """
     ok: np.ndarray | bool = True
     if (
@@ -292,7 +355,7 @@ def _stands_out(
         or params.model_flux_factor > 0
         or params.model_pixel_factor > 0
     ):
-        mmf = MatchedFilter.compute(model, weight, kernel, denominator, with_coverage=False)
+        mmf = bank.matched(bank.fft.transform(model * bank.weight))
         msig = mmf.significance
         ok = mf.significance > params.model_significance_factor * msig
         # Compared as matched-filter fluxes rather than single pixels, so that
@@ -302,7 +365,6 @@ def _stands_out(
         if params.model_pixel_factor > 0:
             ok &= pix_sn > params.model_pixel_factor * msig
     if params.local_background_factor > 0:
-        comp = kernel - kernel.mean()
-        lbs = MatchedFilter.compute(resid, weight, comp, with_coverage=False).significance
+        lbs = bank.compensated(f_resid)
         ok = ok & (lbs > params.threshold * params.local_background_factor)
     return ok
