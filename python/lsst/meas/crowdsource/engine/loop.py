@@ -642,8 +642,13 @@ class TileState:
         size_idx, groups = self._render()
         fit = dict(sky_basis=self.sky_basis, rtol=p.cg_rtol, maxiter=p.cg_maxiter, solver=p.solver)
         data = self.image - s.sky - s.wings
-        held = src.forced if self.refine_forced == 0 else None
-        lin_pos = solve_scene(
+        # One flux-only solve: every position is held, so the design has no
+        # derivative columns, but each source's own 3x3 block of flux and
+        # position derivatives is still formed from its stamps (with the
+        # derivative ridge) for its position errors.  Solving for the
+        # positions as well, only to read those blocks off the normal
+        # matrix, doubled the final pass's cost.
+        lin = solve_scene(
             groups,
             n,
             data,
@@ -651,10 +656,9 @@ class TileState:
             True,
             src.flux,
             ridge=p.derivative_ridge,
-            held=held,
+            held=np.ones(n, bool),
             **fit,
         )
-        lin = solve_scene(groups, n, data, self.weight, False, np.nan_to_num(lin_pos.flux), **fit)
         if lin.sky_terms is not None:
             s.sky = s.sky + (self.sky_basis @ lin.sky_terms).reshape(shape)
         model = scene_image(groups, np.nan_to_num(lin.flux), shape)
@@ -667,9 +671,9 @@ class TileState:
             groups, n, np.nan_to_num(lin.flux), None, None, resid, self.weight, model, broad_groups
         )
         with np.errstate(invalid="ignore", divide="ignore"):
-            f = np.where(np.abs(lin_pos.flux) > 0, lin_pos.flux, np.nan)
-            x_err = np.sqrt(lin_pos.block_inv[:, 1, 1]) / np.abs(f)
-            y_err = np.sqrt(lin_pos.block_inv[:, 2, 2]) / np.abs(f)
+            f = np.where(np.abs(lin.flux) > 0, lin.flux, np.nan)
+            x_err = np.sqrt(lin.block_inv[:, 1, 1]) / np.abs(f)
+            y_err = np.sqrt(lin.block_inv[:, 2, 2]) / np.abs(f)
         columns = self._columns(meas, lin.flux, lin.flux_err, x_err, y_err)
         edge, sat_center = stamp_flags(groups, n, self.saturated, psf.fwhm)
         columns.update(flag_edge=edge, flag_saturated_center=sat_center)
