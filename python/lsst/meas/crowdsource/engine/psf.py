@@ -280,10 +280,10 @@ class PixelPsf:
 
         The Gaussian has a quarter of ``fwhm`` (at least 0.3 px) as its FWHM.
         """
-        from scipy import signal
+        from scipy import ndimage
 
         kern = gaussian_stamp(odd_size(2 * fwhm + 1), max(fwhm / 4.0, 0.3))
-        coeffs = np.array([signal.fftconvolve(c, kern, mode="same") for c in self.coeffs])
+        coeffs = np.array([ndimage.convolve(c, kern, mode="constant") for c in self.coeffs])
         return PixelPsf(coeffs, self.order, self.center, self.scale, self.core)
 
 

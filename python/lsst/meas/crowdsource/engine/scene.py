@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .correlate import Correlator
 from .image import PixelFrame
 from .psf import PixelPsf, odd_size
 
@@ -283,15 +284,15 @@ def wing_image(
     Faint sources are fit with small stamps, but the PSF is normalised to
     unit *total* flux; the part of each source outside its stamp (its
     far wings) is added here, with the constant PSF at the model centre,
-    by one FFT convolution per stamp size.  Subtracting it before the sky
-    and the fit keeps the wings out of the sky and the fluxes total.
+    by FFT convolution (one inverse transform for all stamp sizes).
+    Subtracting it before the sky and the fit keeps the wings out of the
+    sky and the fluxes total.
     """
-    from scipy import signal
-
     ny, nx = shape
     full = psf.stamp(*psf.center)
     c = full.shape[0] // 2
-    out = np.zeros(shape)
+    fft = Correlator(shape, full.shape)
+    total = None
     ix = np.clip(np.round(x).astype(np.int64), 0, nx - 1)
     iy = np.clip(np.round(y).astype(np.int64), 0, ny - 1)
     for k, s in enumerate(sizes):
@@ -304,5 +305,6 @@ def wing_image(
         delta = np.bincount(iy[sel] * nx + ix[sel], weights=flux[sel], minlength=nx * ny).reshape(
             shape
         )
-        out += signal.oaconvolve(delta, kernel, mode="same")
-    return out
+        term = fft.transform(delta) * fft.convolution_transform(kernel)
+        total = term if total is None else total + term
+    return np.zeros(shape) if total is None else fft.inverse(total)
