@@ -122,6 +122,22 @@ def test_forced_sources_move_at_most_refine_from_their_start():
     assert not s.gx.any()
 
 
+def test_last_step_follows_moves_merges_and_culls():
+    s = _sources(
+        [10.0, 10.4, 30.0, 50.0], [10.0, 10.0, 30.0, 50.0], [100.0, 40.0, 5.0, 9.0], [-1] * 4
+    )
+    assert np.isinf(s.last_step).all()  # no step taken yet
+    s.move(np.array([0.003, 0.0, 0.3, 0.0]), np.array([0.004, 0.0, 0.4, 0.0]), (64, 64))
+    np.testing.assert_allclose(s.last_step, [0.005, 0.0, 0.5, 0.0])
+    # The survivor of a merge has a new model: it is not settled any more.
+    assert s.merge_close(radius=0.5) == 1
+    np.testing.assert_allclose(s.last_step, [np.inf, 0.5, 0.0])
+    assert s.cull(np.array([10.0, 0.1, 10.0]), 1.0) == 1
+    np.testing.assert_allclose(s.last_step, [np.inf, 0.0])
+    s.add(np.array([5.0]), np.array([5.0]), np.array([1.0]), 1)
+    assert np.isinf(s.last_step[-1])
+
+
 def test_pad_rows_fills_by_dtype_except_the_given_values():
     cols = {
         "x": np.array([1.0]),
@@ -242,3 +258,37 @@ def test_a_sparse_field_stops_after_n_iter_passes_once_nothing_new_is_found():
     passes = _passes(res.history)
     assert 4 <= len(passes) < 8
     assert passes[-1]["n_new"] <= 0.01 * passes[-1]["n_sources"]
+
+
+def test_settled_sources_are_solved_without_derivatives_and_still_converge():
+    """``settled_step``: sources that stopped moving lose their derivative columns
+    (issue 16: -11 % at 1024^2, 0.1 stars/px) but keep measuring their steps, so
+    positions and fluxes come out as with derivative terms for every source."""
+    from lsst.meas.crowdsource.testing.evaluation import score_catalog
+
+    f = simulate_field((160, 160), density=0.03, seed=2, psf="moffat", bad_columns=0)
+    runs = {}
+    # 0: derivatives for every source; 0.01: the default; 1e9: every source is
+    # settled after its first step, so only the steps measured on the stamps move it.
+    for step in (0.0, 0.01, 1e9):
+        res = fit_image(f.image, f.variance, psf=f.psf_stamp, params=FitParams(settled_step=step))
+        c = res.columns
+        bins = score_catalog(
+            c["x"], c["y"], c["flux"], c["flux_err"], f.truth, radius=1.0, snr_bins=(30, 1e5)
+        )["bins"]
+        runs[step] = (_passes(res.history), bins[0])
+    passes0, ref = runs[0.0]
+    assert all(h["n_settled"] == 0 for h in passes0)
+    passes, got = runs[0.01]
+    assert passes[0]["n_settled"] == 0  # no source has stepped before the first solve
+    assert passes[-1]["n_settled"] > 0.2 * passes[-1]["n_sources"]
+    assert got["completeness"] >= ref["completeness"] - 0.02
+    assert got["pos_rms"] <= 1.1 * ref["pos_rms"]
+    assert got["flux_frac_scatter"] <= 1.1 * ref["flux_frac_scatter"]
+    # Without any derivative column after the first pass the positions still
+    # converge (measured: rms 0.30 px against 0.25, flux scatter 6.2 % against 5.7 %).
+    passes, got = runs[1e9]
+    assert all(h["n_settled"] >= 0.95 * prev["n_sources"] for prev, h in zip(passes, passes[1:]))
+    assert got["completeness"] >= ref["completeness"] - 0.02
+    assert got["pos_rms"] <= 1.5 * ref["pos_rms"]
+    assert got["flux_frac_scatter"] <= 1.5 * ref["flux_frac_scatter"]

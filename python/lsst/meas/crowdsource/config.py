@@ -262,6 +262,14 @@ class CrowdsourceFitConfig(pexConfig.Config):
         default=0.0001,
         doc="Ridge (fraction of the diagonal) on position-derivative columns.",
     )
+    settledStep = pexConfig.Field[float](
+        dtype=float,
+        default=0.01,
+        doc="A source whose last position step was shorter than this (pixels) is "
+        "solved for its flux alone in the next pass, without position-derivative "
+        "terms; it still takes the step its stamp measures (0: every free source "
+        "gets derivative terms in every pass).",
+    )
     cullSnr = pexConfig.Field[float](
         dtype=float,
         default=2.5,
@@ -524,6 +532,7 @@ class CrowdsourceFitConfig(pexConfig.Config):
             cg_rtol=self.cgRtol,
             cg_maxiter=self.cgMaxiter,
             derivative_ridge=self.derivativeRidge,
+            settled_step=self.settledStep,
             cull_snr=self.cullSnr,
             merge_radius=self.mergeRadius,
             forced_min_qf=self.forcedMinQf,

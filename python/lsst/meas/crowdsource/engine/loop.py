@@ -194,6 +194,7 @@ class TileState:
         self.solution: _Solution | None = None
         self.history: list[dict] = []
         self.capped = False  # a cap on the number of sources was reached
+        self.n_settled = 0  # free sources solved without derivative terms in the last pass
         self.psf_settle_rounds = 0  # extra solve-and-refit rounds of the first pass
         self.psf_change = np.inf  # how much the last PSF refit changed the PSF
 
@@ -318,6 +319,12 @@ class TileState:
         # up most of the normal matrix of a crowded forced scene), nor stamps.
         held = self._held()
         size_idx, groups = self._render(None if held is None else ~held)
+        # Settled sources keep their derivative stamps (`recentre` measures
+        # their next step on them) but have no derivative columns.
+        settled = src.last_step < p.settled_step
+        self.n_settled = int(np.count_nonzero(settled & ~src.forced))
+        if held is not None:
+            settled |= held
         lin = solve_scene(
             groups,
             len(src),
@@ -332,7 +339,7 @@ class TileState:
             p.cg_maxiter,
             p.derivative_ridge,
             solver=p.solver,
-            held=held,
+            held=settled if settled.any() else None,
         )
         src.flux, src.gx, src.gy = lin.flux, lin.gx, lin.gy
         s.model = scene_image(
@@ -574,6 +581,7 @@ class TileState:
                 psf_fwhm=float(self.psf.fwhm),
                 psf_stars=int(self.psf.n_stars),
                 solver_iterations=self.solution.lin.iterations,
+                n_settled=self.n_settled,
                 capped=self.capped,
                 psf_settle_rounds=self.psf_settle_rounds if it == 0 else 0,
                 psf_change=float(self.psf_change),

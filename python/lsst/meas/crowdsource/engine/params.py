@@ -241,6 +241,15 @@ class FitParams:
         default=1e-4,
         metadata={"doc": "Ridge (fraction of the diagonal) on position-derivative columns."},
     )
+    settled_step: float = field(
+        default=0.01,
+        metadata={
+            "doc": "A source whose last position step was shorter than this (pixels) is "
+            "solved for its flux alone in the next pass, without position-derivative "
+            "terms; it still takes the step its stamp measures (0: every free source "
+            "gets derivative terms in every pass)."
+        },
+    )
     cull_snr: float = field(
         default=2.5,
         metadata={"doc": "Drop sources whose fitted flux S/N falls below this between passes."},
@@ -484,6 +493,8 @@ class FitParams:
             bad("psf_order", "psf_order must be in 0..4")
         if self.psf_core_size and (self.psf_core_size % 2 == 0 or self.psf_core_size < 5):
             bad("psf_core_size", "psf_core_size must be 0 or an odd number >= 5")
+        if not self.settled_step >= 0:
+            bad("settled_step", "settled_step must be >= 0")
         if self.tile_size < 64:
             bad("tile_size", "tile_size must be at least 64")
         if self.tile_overlap < 0:

@@ -25,7 +25,18 @@ from scipy.spatial import cKDTree
 
 __all__ = ["ForcedPositions", "Sources", "pad_rows"]
 
-_PER_SOURCE = ("x", "y", "flux", "gx", "gy", "pass_found", "forced_index", "x_start", "y_start")
+_PER_SOURCE = (
+    "x",
+    "y",
+    "flux",
+    "gx",
+    "gy",
+    "pass_found",
+    "forced_index",
+    "x_start",
+    "y_start",
+    "last_step",
+)
 
 
 @dataclass
@@ -70,6 +81,9 @@ class Sources:
         in the image.
     x_start, y_start : `numpy.ndarray`
         Where the source was added.
+    last_step : `numpy.ndarray`
+        Length of the source's last position step (pixels; infinite before
+        its first, and after it absorbed a merged neighbour).
     """
 
     x: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -81,6 +95,7 @@ class Sources:
     forced_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     x_start: np.ndarray = field(default_factory=lambda: np.zeros(0))
     y_start: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    last_step: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __len__(self) -> int:
         return len(self.x)
@@ -110,6 +125,7 @@ class Sources:
         self.forced_index = np.concatenate([self.forced_index, fi])
         self.x_start = np.concatenate([self.x_start, x])
         self.y_start = np.concatenate([self.y_start, y])
+        self.last_step = np.concatenate([self.last_step, np.full(n, np.inf)])
 
     def add_forced(self, forced: ForcedPositions) -> None:
         """Append forced positions (found in "pass" -1, starting flux 0)."""
@@ -153,6 +169,7 @@ class Sources:
         self.y = np.clip(self.y + sy, -0.5, ny - 0.5)
         self.gx[:] = 0.0
         self.gy[:] = 0.0
+        self.last_step = np.hypot(sx, sy)
 
     def cull(self, snr: np.ndarray, min_snr: float) -> int:
         """Drop free sources whose S/N is below ``min_snr`` (or NaN); return how many."""
@@ -196,6 +213,7 @@ class Sources:
                 i, j = j, i
             # i survives.
             self.flux[i] += max(self.flux[j], 0.0)
+            self.last_step[i] = np.inf
             drop[j] = True
         self.keep(~drop)
         return int(drop.sum())
