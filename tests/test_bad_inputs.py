@@ -190,6 +190,23 @@ def test_variance_far_too_small(field, caplog):
     assert max(_new_peaks(r)) <= FitParams().max_new_peak_density * area
 
 
+def test_noise_ratio_is_not_fooled_by_crowding():
+    """A right variance on a field packed with stars (0.2 stars/px, Moffat FWHM
+    3.5): `noise_ratio` stays near 1 (the differences of adjacent pixels, used
+    before, gave 3.8 here and warned of a wrong variance); the same image with
+    a variance 100x too small still reads ~10x as much."""
+    from lsst.meas.crowdsource.engine.defects import NOISE_RATIO_WARN, noise_ratio
+
+    f = simulate_field((256, 256), density=0.2, seed=4, psf="moffat", fwhm=3.5, bad_columns=0)
+    weight = 1.0 / f.variance
+    crowded = noise_ratio(f.image, weight)
+    assert 1.0 < crowded < 2.0 < NOISE_RATIO_WARN
+    assert noise_ratio(f.image, weight * 100) == pytest.approx(10 * crowded, rel=1e-6)
+    # The noise alone (the image minus its noiseless sky and stars) reads 1.
+    noise = f.image - f.sky - f.noiseless
+    assert noise_ratio(noise, weight) == pytest.approx(1.0, abs=0.05)
+
+
 @case("variance-100x-large")
 def test_variance_far_too_large(field, caplog):
     """Variance 100x too large: the warning, and only the brightest stars."""

@@ -201,17 +201,22 @@ def _steps(
 def noise_ratio(image: np.ndarray, weight: np.ndarray) -> float:
     """How many times the image's pixel-to-pixel scatter exceeds what its variance says.
 
-    The robust (MAD) width of the differences between horizontally
-    adjacent usable pixels, each divided by the sigma the variance gives
-    it: 1 for a right variance (a little more in a crowded field, where
-    stars add gradients); 10 for a variance 100 times too small.  NaN with
-    fewer than 100 usable pairs.
+    The robust (MAD) width of the mixed second difference of each 2x2
+    block of usable pixels (``a - b - c + d``: top-left minus top-right
+    minus bottom-left plus bottom-right), divided by the sigma the variance
+    gives it: 1 for a right variance, 10 for a variance 100 times too
+    small.  The mixed difference cancels any gradient in x and in y, so
+    crowding barely moves it: on the 1024x1024 benchmark fields (galsim
+    PSF, FWHM 3.5 px, right variance) it is 1.08 / 1.20 / 1.41 / 1.80 at
+    0.02 / 0.05 / 0.1 / 0.2 stars/px, where the difference of adjacent
+    pixels used before gave 1.21 / 1.55 / 2.22 / 3.66 and warned of a wrong
+    variance at 0.2.  NaN with fewer than 100 usable blocks.
     """
     good = weight > 0
-    pair = good[:, 1:] & good[:, :-1]
-    if np.count_nonzero(pair) < 100:
+    block = good[1:, 1:] & good[1:, :-1] & good[:-1, 1:] & good[:-1, :-1]
+    if np.count_nonzero(block) < 100:
         return float("nan")
-    w = np.where(good, weight, 1.0)
-    sig = np.hypot(1.0 / np.sqrt(w[:, 1:]), 1.0 / np.sqrt(w[:, :-1]))[pair]
-    d = (image[:, 1:] - image[:, :-1])[pair] / sig
+    var = 1.0 / np.where(good, weight, 1.0)
+    sig = np.sqrt(var[1:, 1:] + var[1:, :-1] + var[:-1, 1:] + var[:-1, :-1])[block]
+    d = (image[:-1, :-1] - image[:-1, 1:] - image[1:, :-1] + image[1:, 1:])[block] / sig
     return float(1.4826 * np.median(np.abs(d - np.median(d))))
