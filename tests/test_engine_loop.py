@@ -174,6 +174,21 @@ def test_fit_tile_on_the_whole_image_is_fit_image_in_array_coordinates():
     np.testing.assert_array_equal(tile.model + tile.sky, res.model)
 
 
+def test_measuring_in_chunks_changes_nothing(monkeypatch):
+    """The stamps are measured a chunk of sources at a time (memory); with chunks of
+    one to three sources every column of the catalogue is the same, bit for bit."""
+    from lsst.meas.crowdsource.engine import measure
+
+    f = simulate_field((96, 96), density=0.02, seed=6, psf="moffat", bad_columns=0)
+    params = FitParams(n_iter=2, max_iter=3)
+    whole = fit_image(f.image, f.variance, psf=f.psf_stamp, params=params)
+    monkeypatch.setattr(measure, "MEASURE_CHUNK_PIXELS", 400)
+    chunked = fit_image(f.image, f.variance, psf=f.psf_stamp, params=params)
+    assert len(whole.columns["x"]) > 20
+    for name, values in whole.columns.items():
+        np.testing.assert_array_equal(chunked.columns[name], values, err_msg=name)
+
+
 # --- the import graph ----------------------------------------------------------
 
 

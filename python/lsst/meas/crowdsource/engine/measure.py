@@ -24,6 +24,7 @@ per-source pixel flags of the final pass (`stamp_flags`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,7 +231,7 @@ def measure_sources(
         rest stays NaN).
     """
     out = StampMeasurements.allocate(n_src)
-    for gi, g in enumerate(groups):
+    for g, broad in _chunks(groups, broad_groups):
         i = g.index
         st = _Stamps.cut(g, flux, gx, gy, resid, weight, model)
         out.n_good[i] = st.good.sum(axis=(1, 2))
@@ -245,9 +246,32 @@ def measure_sources(
         out.flux_lbs[i], out.flux_lbs_err[i] = _local_background_flux(st)
         out.flux_alone[i] = _flux_alone(st)
         out.fwhm[i] = source_fwhm(st.P, st.D, st.good)
-        if broad_groups is not None:
-            out.spread_model[i], out.spread_model_err[i] = _spread_model(st, broad_groups[gi].psf)
+        if broad is not None:
+            out.spread_model[i], out.spread_model_err[i] = _spread_model(st, broad.psf)
     return out
+
+
+#: Stamp pixels measured at a time: each of the dozen stamp arrays a chunk holds is
+#: 32 MB, whatever the number of sources (a whole group of 100 000 13x13 stamps
+#: made each 135 MB).  Forced fit of 101 150 targets on 1024x1024 at 0.1 stars/px:
+#: peak 2504 -> 2453 MiB, catalogue identical.
+MEASURE_CHUNK_PIXELS = 4_000_000
+
+
+def _chunks(
+    groups: list[StampGroup], broad_groups: list[StampGroup] | None
+) -> Iterator[tuple[StampGroup, StampGroup | None]]:
+    """The groups (and their broadened twins) in chunks of at most `MEASURE_CHUNK_PIXELS`
+    stamp pixels; every measurement is per source, so chunks change nothing else."""
+    for gi, g in enumerate(groups):
+        step = max(1, MEASURE_CHUNK_PIXELS // (g.size * g.size))
+        broad = None if broad_groups is None else broad_groups[gi]
+        for start in range(0, len(g.index), step):
+            rows = slice(start, start + step)
+            if start == 0 and step >= len(g.index):
+                yield g, broad
+            else:
+                yield g.subset(rows), None if broad is None else broad.subset(rows)
 
 
 def _flux_alone(st: _Stamps) -> np.ndarray:

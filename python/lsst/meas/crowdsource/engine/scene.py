@@ -64,6 +64,23 @@ class StampGroup:
     def valid(self) -> np.ndarray:
         return self.pix >= 0
 
+    def subset(self, rows: np.ndarray | slice) -> StampGroup:
+        """The group of the stamps ``rows`` (a slice, a mask or indices into the group)."""
+
+        def take(a):
+            return None if a is None else a[rows]
+
+        return StampGroup(
+            self.index[rows],
+            self.size,
+            self.pix[rows],
+            self.psf[rows],
+            take(self.dpsf_dx),
+            take(self.dpsf_dy),
+            take(self.with_d),
+            self.d_size,
+        )
+
     def core(self) -> tuple[slice, slice, slice]:
         """Index of the derivatives' square in a ``(n, size, size)`` array."""
         return _central_square(self.size, self.size if self.d_size is None else self.d_size)
@@ -232,9 +249,9 @@ def add_derivatives(
                 _, ddx[missing], ddy[missing] = _render_with_derivatives(
                     psf, *frame.to_parent(x[i], y[i]), g.size, g.d_size, None
                 )
-        out.append(
-            StampGroup(g.index[sel], g.size, g.pix[sel], g.psf[sel], ddx, ddy, None, g.d_size)
-        )
+        sub = g.subset(sel)
+        sub.dpsf_dx, sub.dpsf_dy, sub.with_d = ddx, ddy, None
+        out.append(sub)
     return out
 
 
