@@ -181,6 +181,35 @@ def test_tiles_partition_the_image():
     assert (cover == 1).all()
 
 
+def test_tiles_split_where_the_forced_targets_crowd():
+    """A core holding more than ``max_targets`` forced targets is halved until none
+    does; the cores still partition the image; a sparse core, and any core
+    without targets, stays whole; no core is split below `MIN_SPLIT_CORE`."""
+    from lsst.meas.crowdsource.engine.tiling import MIN_SPLIT_CORE
+
+    rng = np.random.default_rng(3)
+    shape = (1000, 700)
+    # A dense clump in the lower left (3000 targets) and a sparse rest (500).
+    x = np.concatenate([rng.uniform(0, 300, 3000), rng.uniform(0, 699, 500)])
+    y = np.concatenate([rng.uniform(0, 300, 3000), rng.uniform(0, 999, 500)])
+    plain = make_tiles(shape, 512, 32)
+    assert make_tiles(shape, 512, 32, (x, y), 0) == plain
+    tiles = make_tiles(shape, 512, 32, (x, y), 400)
+    cover = np.zeros(shape, int)
+    for t in tiles:
+        x0, y0, x1, y1 = t.core
+        cover[y0:y1, x0:x1] += 1
+        n = np.count_nonzero(t.in_core(x, y))
+        assert n <= 400 or max(x1 - x0, y1 - y0) < 2 * MIN_SPLIT_CORE
+        assert t.outer == (max(0, x0 - 32), max(0, y0 - 32), min(700, x1 + 32), min(1000, y1 + 32))
+    assert (cover == 1).all()
+    assert [t.index for t in tiles] == list(range(len(tiles)))
+    assert len(tiles) > len(plain)
+    # The core away from the clump (the upper half, ~250 targets) stays whole.
+    far = [t for t in tiles if t.core[1] >= 500]
+    assert [t.core for t in far] == [plain[1].core]
+
+
 # --- bad input -------------------------------------------------------------
 
 

@@ -487,6 +487,14 @@ class CrowdsourceFitConfig(pexConfig.Config):
             "neighbours (pixels)."
         ),
     )
+    maxTileTargets = pexConfig.Field[int](
+        dtype=int,
+        default=120_000,
+        doc=(
+            "Most forced targets on one tile core: a core holding more is halved across its "
+            "longer side until none does (down to 128 pixels); 0 = never split."
+        ),
+    )
     nProcesses = pexConfig.Field[int](
         dtype=int,
         default=1,
@@ -565,6 +573,7 @@ class CrowdsourceFitConfig(pexConfig.Config):
             step_margin=self.stepMargin,
             tile_size=self.tileSize,
             tile_overlap=self.tileOverlap,
+            max_tile_targets=self.maxTileTargets,
             n_processes=self.nProcesses,
         )
 

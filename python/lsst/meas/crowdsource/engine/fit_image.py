@@ -272,15 +272,25 @@ def fit_image(
     scatter = _check_noise(data, log)
     model_psf = _as_psf(psf, data, params.psf_order)
     forced = _forced_positions(data, forced_x, forced_y)
-    tiles = make_tiles(data.shape, params.tile_size, params.tile_overlap)
+    tiles = make_tiles(
+        data.shape,
+        params.tile_size,
+        params.tile_overlap,
+        None if forced is None else (forced.x, forced.y),
+        params.max_tile_targets,
+    )
     home = None if forced is None else home_tiles(tiles, forced.x, forced.y)
     settings = dict(psf=model_psf, params=params, find_new=find_new, refine_forced=refine_forced)
     jobs = [_TileJob.make(t, data, forced, **settings) for t in tiles]
+    n_plain = len(make_tiles(data.shape, params.tile_size, params.tile_overlap))
     log.info(
-        "Fitting %dx%d image in %d tile(s)%s.",
+        "Fitting %dx%d image in %d tile(s)%s%s.",
         data.shape[1],
         data.shape[0],
         len(tiles),
+        f" (cores with more than {params.max_tile_targets} forced targets split)"
+        if len(tiles) > n_plain
+        else "",
         f" with {params.n_processes} processes" if params.n_processes > 1 else "",
     )
     results = _fit_tiles(jobs, params.n_processes, log)

@@ -439,6 +439,13 @@ class FitParams:
             "their neighbours (pixels)."
         },
     )
+    max_tile_targets: int = field(
+        default=120_000,
+        metadata={
+            "doc": "Most forced targets on one tile core: a core holding more is halved "
+            "across its longer side until none does (down to 128 pixels); 0 = never split."
+        },
+    )
     n_processes: int = field(
         default=1, metadata={"doc": "Tiles fit in parallel processes (1 = serial)."}
     )
@@ -499,6 +506,8 @@ class FitParams:
             bad("tile_size", "tile_size must be at least 64")
         if self.tile_overlap < 0:
             bad("tile_overlap", "tile_overlap must be >= 0")
+        if self.max_tile_targets < 0:
+            bad("max_tile_targets", "max_tile_targets must be >= 0")
         if self.solver not in ("direct", "superlu", "cg"):
             bad("solver", f"solver must be 'direct', 'superlu' or 'cg', not {self.solver!r}")
         if self.n_processes < 1:

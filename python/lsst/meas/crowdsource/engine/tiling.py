@@ -55,25 +55,68 @@ def _inside(box: tuple[int, int, int, int], x: np.ndarray, y: np.ndarray, pad: f
     )
 
 
-def make_tiles(shape: tuple[int, int], size: int, overlap: int) -> list[Tile]:
-    """Tiles of core size about ``size`` (evenly split) covering ``shape``."""
+#: Cores are not split below this size (pixels) to bound their forced targets.
+MIN_SPLIT_CORE = 128
+
+
+def make_tiles(
+    shape: tuple[int, int],
+    size: int,
+    overlap: int,
+    targets: tuple[np.ndarray, np.ndarray] | None = None,
+    max_targets: int = 0,
+) -> list[Tile]:
+    """Tiles of core size about ``size`` (evenly split) covering ``shape``.
+
+    With ``targets`` (forced positions, array coordinates) and
+    ``max_targets`` > 0, a core holding more targets than that is halved
+    across its longer side, again and again, down to `MIN_SPLIT_CORE`
+    pixels: the work and memory of a tile grow faster than its number of
+    unknowns, and a deep forced list can put hundreds of thousands of them
+    on one core.
+    """
     ny, nx = shape
     nty = max(1, int(round(ny / size)))
     ntx = max(1, int(round(nx / size)))
     ey = np.linspace(0, ny, nty + 1).round().astype(int)
     ex = np.linspace(0, nx, ntx + 1).round().astype(int)
+    cores = [
+        (int(ex[i]), int(ey[j]), int(ex[i + 1]), int(ey[j + 1]))
+        for j in range(nty)
+        for i in range(ntx)
+    ]
+    if targets is not None and max_targets > 0:
+        tx, ty = (np.asarray(v, float) for v in targets)
+        cores = [c for core in cores for c in _split(core, tx, ty, max_targets)]
     tiles = []
-    for j in range(nty):
-        for i in range(ntx):
-            core = (int(ex[i]), int(ey[j]), int(ex[i + 1]), int(ey[j + 1]))
-            outer = (
-                max(0, core[0] - overlap),
-                max(0, core[1] - overlap),
-                min(nx, core[2] + overlap),
-                min(ny, core[3] + overlap),
-            )
-            tiles.append(Tile(len(tiles), core, outer))
+    for core in cores:
+        outer = (
+            max(0, core[0] - overlap),
+            max(0, core[1] - overlap),
+            min(nx, core[2] + overlap),
+            min(ny, core[3] + overlap),
+        )
+        tiles.append(Tile(len(tiles), core, outer))
     return tiles
+
+
+def _split(
+    core: tuple[int, int, int, int], x: np.ndarray, y: np.ndarray, max_targets: int
+) -> list[tuple[int, int, int, int]]:
+    """``core``, halved across its longer side until each part holds at most
+    ``max_targets`` of the positions (or is `MIN_SPLIT_CORE` pixels across)."""
+    inside = _inside(core, x, y, 0.0)
+    x0, y0, x1, y1 = core
+    if np.count_nonzero(inside) <= max_targets or max(x1 - x0, y1 - y0) < 2 * MIN_SPLIT_CORE:
+        return [core]
+    x, y = x[inside], y[inside]
+    if x1 - x0 >= y1 - y0:
+        m = (x0 + x1) // 2
+        halves = [(x0, y0, m, y1), (m, y0, x1, y1)]
+    else:
+        m = (y0 + y1) // 2
+        halves = [(x0, y0, x1, m), (x0, m, x1, y1)]
+    return [c for h in halves for c in _split(h, x, y, max_targets)]
 
 
 def home_tiles(tiles: list[Tile], x: np.ndarray, y: np.ndarray) -> np.ndarray:
